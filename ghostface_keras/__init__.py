@@ -1,0 +1,22 @@
+"""ghostface_keras: GhostFaceNets and the MobileFaceNet family in Keras 3.
+
+Example:
+    >>> from ghostface_keras import GhostFaceNetV1
+    >>> model = GhostFaceNetV1(width=1.3, strides=2)   # the paper's GhostFaceNetV1-1.3-2
+    >>> model.output_shape
+    (None, 512)
+"""
+
+from ghostface_keras.errors import (
+    ConversionError,
+    DataError,
+    ExportError,
+    GhostFaceError,
+    ModelNameError,
+    NoFaceError,
+)
+from ghostface_keras.preprocessing import IMAGE_SIZE, denormalize_images, normalize_images
+
+__version__ = "0.1.0"
+
+# Public API of the other modules is added below, one import line per module.

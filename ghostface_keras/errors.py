@@ -1,0 +1,34 @@
+"""Exceptions raised by ghostface_keras, one per domain.
+
+Every error names the file (and where it applies the record or layer) and what was expected, so a
+user can act on the message without reading a traceback.
+"""
+
+from __future__ import annotations
+
+
+class GhostFaceError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class DataError(GhostFaceError, ValueError):
+    """Unreadable, truncated, malicious or empty data (image folders, RecordIO, `.bin` files)."""
+
+
+class ConversionError(GhostFaceError, ValueError):
+    """An official `.h5` file that cannot be mapped onto one of our models."""
+
+
+class ModelNameError(GhostFaceError, KeyError):
+    """A model name that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class NoFaceError(GhostFaceError, ValueError):
+    """No face was found in an image that had to contain one."""
+
+
+class ExportError(GhostFaceError, RuntimeError):
+    """An export whose result does not match the Keras model (parity) or cannot be produced."""

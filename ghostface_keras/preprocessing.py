@@ -1,0 +1,42 @@
+"""The one input convention of every model here: RGB, 112x112, pixels mapped by (x - 127.5) / 128.
+
+Data pipelines, evaluation, export and inference all call these functions, so the convention is
+stated exactly once (it is the official GhostFaceNets / insightface one: no BGR swap, no per-channel
+mean or std; the result lies in [-0.99609375, 0.99609375]).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PIXEL_MEAN = 127.5
+PIXEL_SCALE = 1.0 / 128.0
+IMAGE_SIZE = 112
+
+
+def normalize_images(images):
+    """Map uint8-range RGB pixels to the model's input range.
+
+    Works on numpy arrays (returns float32 numpy) and on tensors of any Keras backend / tf.data
+    (returns a float32 tensor).
+
+    Example:
+        >>> normalize_images(np.array([0, 255], dtype=np.uint8)).tolist()
+        [-0.99609375, 0.99609375]
+    """
+    if isinstance(images, np.ndarray) or np.isscalar(images):
+        return (np.asarray(images, dtype=np.float32) - PIXEL_MEAN) * PIXEL_SCALE
+    import keras  # local import keeps numpy-only callers light
+
+    return (keras.ops.cast(images, "float32") - PIXEL_MEAN) * PIXEL_SCALE
+
+
+def denormalize_images(images: np.ndarray) -> np.ndarray:
+    """Inverse of `normalize_images` for numpy input: float model input -> uint8 RGB pixels.
+
+    Example:
+        >>> denormalize_images(normalize_images(np.array([0, 128, 255]))).tolist()
+        [0, 128, 255]
+    """
+    pixels = np.asarray(images, dtype=np.float32) / PIXEL_SCALE + PIXEL_MEAN
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)

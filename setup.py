@@ -1,0 +1,39 @@
+"""ghostface_keras: GhostFaceNets and the MobileFaceNet family in Keras 3."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).resolve().parent
+
+setup(
+    name="ghostface_keras",
+    version="0.1.0",
+    description="GhostFaceNets / MobileFaceNet face recognition in Keras 3: build, train, evaluate, export",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["ghostface_keras", "ghostface_keras.*"]),
+    py_modules=["train", "eval"],
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "numpy",
+        "pillow",
+        "pandas",
+        "matplotlib",
+        "h5py",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn", "scikit-image"],
+        "align": ["mtcnn"],
+        "litert": ["ai-edge-litert"],
+        "onnx": ["tf2onnx", "onnx", "onnxruntime"],
+    },
+    entry_points={
+        "console_scripts": [
+            "ghostface-zoo=ghostface_keras.registry:main",
+        ],
+    },
+)

@@ -1,0 +1,45 @@
+"""Shared test fixtures: the optional `../shared/` folder and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path | None:
+    configured = os.environ.get("GHOSTFACE_SHARED")
+    candidate = Path(configured) if configured else PROJECT_ROOT.parent / "shared"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """`../shared` beside the checkout (or $GHOSTFACE_SHARED); tests using it skip when absent."""
+    path = _shared_dir()
+    if path is None:
+        pytest.skip("../shared is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir(shared_dir: Path) -> Path:
+    """The official fixtures: `shared/reference/official/<variant>/`."""
+    path = shared_dir / "reference" / "official"
+    if not path.is_dir():
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir: Path) -> Path:
+    """Real third-party face data: `shared/data/`."""
+    path = shared_dir / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} is not available")
+    return path
