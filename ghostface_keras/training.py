@@ -1,0 +1,394 @@
+"""`Trainer`: stages of {loss, optimizer, epochs} run as Keras `compile` + `fit`, with exact resume.
+
+An embedding model (image -> 512-d) plus a `NormDense` cosine head make the training model; each stage
+recompiles it with its own margin loss (and optimizer, if given) and continues the global epoch count, as
+the official GhostFaceNets scheduler does (1 epoch of ArcFace s=32, then s=64). One LR schedule spans all
+stages. After every epoch the Trainer writes, atomically, into `output_dir`:
+
+* `history.json` / `history.png` - one record per epoch (see `callbacks.HistoryWriter`);
+* `model.keras` - the latest embedding model; `best.keras` - the best by the last verification set;
+* `training_state.npz` - every weight, the optimizer slots and the epoch/stage bookkeeping, which
+  `fit(..., resume=True)` restores so that training continues at the next epoch with the same schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ghostface_keras.callbacks import (
+    EpochClock,
+    HistoryWriter,
+    LearningRateCallback,
+    NaNGuard,
+    VerificationCallback,
+    load_history,
+    write_atomically,
+)
+from ghostface_keras.errors import GhostFaceError
+from ghostface_keras.heads import NormDense
+from ghostface_keras.optimizers import SAMModel
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.npz"
+HISTORY_FILE = "history.json"
+MODEL_FILE = "model.keras"
+BEST_FILE = "best.keras"
+
+
+@dataclass
+class Stage:
+    """One training stage: `epochs` epochs of `loss`, with a new `optimizer` or (None) the previous one.
+
+    `freeze_backbone` trains the head only (the embedding model is frozen, BatchNorm in inference mode);
+    `sam_rho > 0` trains with sharpness-aware minimization (`optimizers.SAMModel`).
+
+    Example:
+        >>> from ghostface_keras.losses import ArcFace
+        >>> stage = Stage(epochs=1, loss=ArcFace(scale=32))
+    """
+
+    epochs: int
+    loss: keras.losses.Loss
+    optimizer: keras.optimizers.Optimizer | None = None
+    freeze_backbone: bool = False
+    sam_rho: float = 0.0
+
+    @classmethod
+    def coerce(cls, value: "Stage | dict") -> "Stage":
+        """Accept a Stage or a dict with the same keys (`epoch` is accepted for `epochs`, as officially)."""
+        if isinstance(value, Stage):
+            return value
+        value = dict(value)
+        if "epoch" in value and "epochs" not in value:
+            value["epochs"] = value.pop("epoch")
+        return cls(**value)
+
+
+@dataclass
+class _Progress:
+    epoch: int = 0  # epochs completed, over all stages
+    optimizer_stage: int = -1  # index of the stage that created the optimizer in the saved state
+    best: float = -1.0
+    extra: dict = field(default_factory=dict)
+
+
+def make_strategy(devices: int | None = None) -> tf.distribute.Strategy:
+    """The distribution strategy for `devices` local accelerators, or several hosts from `TF_CONFIG`.
+
+    `TF_CONFIG` set -> MultiWorkerMirroredStrategy; `devices` > 1 -> MirroredStrategy over the first
+    `devices` GPUs (or logical CPU devices when there is no GPU, for testing); otherwise the default strategy.
+
+    Example:
+        >>> strategy = make_strategy()
+        >>> strategy.num_replicas_in_sync
+        1
+    """
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if devices and devices > 1:
+        gpus = tf.config.list_logical_devices("GPU")
+        pool = gpus if len(gpus) >= devices else tf.config.list_logical_devices("CPU")
+        if len(pool) < devices:
+            raise GhostFaceError(f"--devices {devices} asked, but only {len(pool)} devices are visible")
+        return tf.distribute.MirroredStrategy([d.name for d in pool[:devices]])
+    return tf.distribute.get_strategy()
+
+
+def class_mean_embeddings(embedding_model: keras.Model, dataset, num_classes: int) -> np.ndarray:
+    """The mean L2-normalized embedding of every class over one pass of `dataset` ((images, labels) batches).
+
+    Classes without any image get a random unit vector.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
+        >>> data = [(np.array([[1.0, 0.0], [0.0, 2.0]], "float32"), np.array([0, 1]))]
+        >>> class_mean_embeddings(model, data, 2).round(3).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    sums = None
+    progress = keras.utils.Progbar(None, unit_name="batch")
+    for images, labels in dataset:
+        embeddings = np.asarray(embedding_model(images, training=False), dtype=np.float64)
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        if sums is None:
+            sums = np.zeros((num_classes, embeddings.shape[1]))
+        np.add.at(sums, np.asarray(labels).reshape(-1).astype(int), embeddings)
+        progress.add(1)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    empty = norms[:, 0] == 0
+    sums[empty] = np.random.default_rng(0).normal(size=(int(empty.sum()), sums.shape[1]))
+    return (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+
+
+class Trainer:
+    """Staged margin-loss training of an embedding model with Keras `fit`.
+
+    Args:
+        embedding_model: image -> embedding Keras model (build it inside `strategy.scope()` when using one).
+        train_data: a `tf.data.Dataset` of `(normalized images, int labels)` batches (global batch size).
+        num_classes: identities in `train_data`.
+        output_dir: where history, models and the training state go (created if missing).
+        schedule: LR as a function of the global batch index (e.g. `callbacks.CosineRestarts`); None keeps
+            each optimizer's own learning rate.
+        steps_per_epoch: batches per epoch; inferred from the dataset's cardinality when None.
+        pair_sets: `{name: (uint8 images, issame)}` verification sets evaluated every `eval_every` epochs.
+        sub_centers: sub-centers per class in the head.
+        strategy: a `tf.distribute.Strategy` (default: the current one).
+        verbose: Keras `fit` verbosity (1 = progress bar).
+
+    Example:
+        >>> from ghostface_keras.losses import ArcFace
+        >>> trainer = Trainer(embedding_model, dataset, num_classes=219, output_dir="run")    # doctest: +SKIP
+        >>> trainer.fit([{"loss": ArcFace(scale=32), "epochs": 1,
+        ...               "optimizer": keras.optimizers.SGD(0.1, momentum=0.9)},
+        ...              {"loss": ArcFace(scale=64), "epochs": 50}])                          # doctest: +SKIP
+        >>> trainer.fit(same_stages, resume=True)        # after an interruption            # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        embedding_model: keras.Model,
+        train_data,
+        num_classes: int,
+        output_dir: str | os.PathLike,
+        schedule: Callable | None = None,
+        steps_per_epoch: int | None = None,
+        pair_sets: dict | None = None,
+        eval_every: int = 1,
+        sub_centers: int = 1,
+        strategy: tf.distribute.Strategy | None = None,
+        verbose: int | str = "auto",
+    ):
+        self.embedding_model, self.train_data = embedding_model, train_data
+        self.num_classes, self.output_dir = int(num_classes), Path(output_dir)
+        self.schedule, self.pair_sets, self.eval_every = schedule, dict(pair_sets or {}), int(eval_every)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.verbose = verbose
+        self.steps_per_epoch = int(steps_per_epoch or self._infer_steps(train_data))
+        self._prepare_output_dir()
+        with self.strategy.scope():
+            self.head = NormDense(self.num_classes, sub_centers=sub_centers, name="norm_dense")
+            self.head.build((None, int(embedding_model.output_shape[-1])))
+        self.progress = _Progress()
+        self.model: keras.Model | None = None
+        self._optimizer = None
+        self.guard = NaNGuard()
+
+    # ----------------------------------------------------------------- setup helpers
+    @staticmethod
+    def _infer_steps(dataset) -> int:
+        cardinality = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+        if cardinality <= 0:
+            raise GhostFaceError("cannot infer the number of batches per epoch: pass steps_per_epoch")
+        return cardinality
+
+    def _prepare_output_dir(self) -> None:
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.output_dir / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise GhostFaceError(f"output directory {self.output_dir} is not writable: {error}") from error
+
+    def initialize_head(self, centers: np.ndarray) -> None:
+        """Start the head at given class directions (C x D), e.g. `class_mean_embeddings(...)`."""
+        self.head.set_class_centers(centers)
+
+    def _all_weights(self) -> list:
+        return list(self.embedding_model.weights) + list(self.head.weights)
+
+    # ----------------------------------------------------------------- model per stage
+    def _build_model(self, stage: Stage) -> keras.Model:
+        self.embedding_model.trainable = not stage.freeze_backbone
+        self.head.append_norm = bool(getattr(stage.loss, "needs_norm", False))
+        inputs = keras.Input(self.embedding_model.input_shape[1:], name="image")
+        outputs = self.head(self.embedding_model(inputs))
+        if stage.sam_rho > 0:
+            return SAMModel(inputs, outputs, rho=stage.sam_rho, name="face_training_sam")
+        return keras.Model(inputs, outputs, name="face_training")
+
+    def _accuracy(self):
+        num_classes = self.num_classes
+
+        def accuracy(y_true, y_pred):
+            labels = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
+            predicted = tf.argmax(y_pred[:, :num_classes], axis=1)
+            return tf.cast(tf.equal(labels, predicted), tf.float32)
+
+        return accuracy
+
+    def _stage_optimizer(self, index: int, stage: Stage, previous: Stage | None, owner: int):
+        """The optimizer of a stage and the index of the stage that created it."""
+        if stage.optimizer is not None:
+            return stage.optimizer, index
+        if self._optimizer is None:
+            raise GhostFaceError(f"stage {index + 1} has no optimizer and there is no previous one to reuse")
+        if previous is not None and previous.freeze_backbone != stage.freeze_backbone:
+            # The trainable variables changed: Keras optimizers only update the variables they were built on.
+            return self._optimizer.__class__.from_config(self._optimizer.get_config()), index
+        return self._optimizer, owner
+
+    def _callbacks(self, verification: VerificationCallback | None, history: HistoryWriter,
+                   clock: EpochClock, lr_callback: LearningRateCallback | None, stage_index: int) -> list:
+        callbacks = [clock]
+        if lr_callback is not None:
+            callbacks.append(lr_callback)
+        callbacks.append(self.guard)
+        if verification is not None:
+            callbacks.append(verification)
+        callbacks += [history, _StateCheckpoint(self, stage_index)]
+        return callbacks
+
+    # ----------------------------------------------------------------- fit / resume
+    def fit(self, stages: Sequence[Stage | dict], resume: bool = False) -> list[dict]:
+        """Run the stages (skipping epochs already done when `resume`); returns the history records."""
+        stages = [Stage.coerce(s) for s in stages]
+        if resume:
+            self.restore()
+        clock = EpochClock()
+        lr_callback = LearningRateCallback(self.schedule, self.steps_per_epoch) if self.schedule else None
+        verification = None
+        if self.pair_sets:
+            verification = VerificationCallback(self.embedding_model, self.pair_sets, self.eval_every,
+                                                best_path=str(self.output_dir / BEST_FILE))
+            verification.best = self.progress.best
+        history = HistoryWriter(self.output_dir / HISTORY_FILE, clock, lr_callback, verification)
+        history.keep_until(self.progress.epoch)
+        self._verification = verification
+
+        stage_end, previous, owner = 0, None, -1
+        for index, stage in enumerate(stages):
+            stage_end += int(stage.epochs)
+            self._optimizer, owner = self._stage_optimizer(index, stage, previous, owner)
+            previous = stage
+            if stage_end <= self.progress.epoch:
+                continue  # done before the interruption
+            self.progress.optimizer_stage = owner
+            self._run_stage(index, stage, stage_end, history, clock, lr_callback, verification)
+            if self.guard.tripped:
+                self.restore()
+                raise GhostFaceError(
+                    f"training loss became NaN/inf in epoch {self.progress.epoch + 1}; the last good state "
+                    f"(epoch {self.progress.epoch}) is kept in {self.output_dir}; lower the learning rate")
+            if self.model.stop_training:
+                break
+        self.save_embedding_model()
+        return history.records
+
+    def _run_stage(self, index, stage, stage_end, history, clock, lr_callback, verification):
+        with self.strategy.scope():
+            self.model = self._build_model(stage)
+            self.model.compile(optimizer=self._optimizer, loss=stage.loss, metrics=[self._accuracy()])
+            self.model.optimizer.build(self.model.trainable_variables)
+            if self._pending_optimizer_state is not None and self._pending_optimizer_owner == self.progress.optimizer_stage:
+                self._restore_optimizer(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+        logger.info("stage %d: epochs %d-%d, loss %s", index + 1, self.progress.epoch + 1, stage_end,
+                    stage.loss.__class__.__name__)
+        self.model.fit(self.train_data, epochs=stage_end, initial_epoch=self.progress.epoch,
+                       steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
+                       callbacks=self._callbacks(verification, history, clock, lr_callback, index))
+
+    _pending_optimizer_state: list | None = None
+    _pending_optimizer_owner: int = -1
+
+    def _restore_optimizer(self, values: list) -> None:
+        variables = self.model.optimizer.variables
+        if len(variables) != len(values):
+            logger.warning("saved optimizer state has %d variables, the optimizer %d: starting it fresh",
+                           len(values), len(variables))
+            return
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+    # ----------------------------------------------------------------- state files
+    def save_state(self, stage_index: int) -> None:
+        """Write weights, optimizer slots and bookkeeping to `output_dir/training_state.npz` atomically."""
+        arrays = {f"weight_{i}": np.asarray(w.numpy()) for i, w in enumerate(self._all_weights())}
+        if self.model is not None and self.model.optimizer is not None:
+            for i, variable in enumerate(self.model.optimizer.variables):
+                arrays[f"optimizer_{i}"] = np.asarray(variable.numpy())
+        meta = {"epoch": self.progress.epoch, "optimizer_stage": self.progress.optimizer_stage,
+                "stage": stage_index, "best": self.progress.best, "extra": self.progress.extra}
+        arrays["meta"] = np.array(json.dumps(meta))
+
+        def write(path: str) -> None:
+            with open(path, "wb") as handle:
+                np.savez(handle, **arrays)
+
+        write_atomically(self.output_dir / STATE_FILE, write)
+
+    def restore(self) -> bool:
+        """Load `training_state.npz` if present: weights now, optimizer slots when its stage is compiled."""
+        path = self.output_dir / STATE_FILE
+        if not path.is_file():
+            logger.info("no training state in %s: starting from epoch 0", self.output_dir)
+            return False
+        with np.load(path, allow_pickle=False) as state:
+            meta = json.loads(str(state["meta"]))
+            weights = self._all_weights()
+            saved = sorted((k for k in state.files if k.startswith("weight_")), key=lambda k: int(k[7:]))
+            if len(saved) != len(weights):
+                raise GhostFaceError(f"{path}: {len(saved)} weights saved but the model has {len(weights)}: "
+                                     "resume with the same model and data")
+            for variable, key in zip(weights, saved):
+                if tuple(variable.shape) != state[key].shape:
+                    raise GhostFaceError(f"{path}: weight {variable.path} has shape {tuple(variable.shape)}, "
+                                         f"saved {state[key].shape}: resume with the same model and data")
+                variable.assign(state[key])
+            optimizer_keys = sorted((k for k in state.files if k.startswith("optimizer_")), key=lambda k: int(k[10:]))
+            self._pending_optimizer_state = [state[k] for k in optimizer_keys]
+        self._pending_optimizer_owner = int(meta["optimizer_stage"])
+        self.progress = _Progress(int(meta["epoch"]), int(meta["optimizer_stage"]), float(meta["best"]),
+                                  dict(meta.get("extra", {})))
+        logger.info("resuming %s after epoch %d", self.output_dir, self.progress.epoch)
+        return True
+
+    def save_embedding_model(self, path: str | os.PathLike | None = None) -> Path:
+        """Save the embedding model (the deliverable) as `.keras`, atomically; default `output_dir/model.keras`."""
+        target = Path(path) if path else self.output_dir / MODEL_FILE
+        trainable = self.embedding_model.trainable
+        self.embedding_model.trainable = True
+        write_atomically(target, lambda p: self.embedding_model.save(p))
+        self.embedding_model.trainable = trainable
+        return target
+
+
+class _StateCheckpoint(keras.callbacks.Callback):
+    """Advances the Trainer's epoch counter and writes model.keras + the training state after each good epoch."""
+
+    def __init__(self, trainer: Trainer, stage_index: int):
+        super().__init__()
+        self.trainer, self.stage_index = trainer, stage_index
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.trainer.guard.tripped:
+            return
+        self.trainer.progress.epoch = epoch + 1
+        verification = getattr(self.trainer, "_verification", None)
+        if verification is not None:
+            self.trainer.progress.best = verification.best
+        self.trainer.save_embedding_model()
+        self.trainer.save_state(self.stage_index)
+
+
+def history_epochs(output_dir: str | os.PathLike) -> list[int]:
+    """The epoch numbers recorded in `output_dir/history.json` (a quick check after resuming).
+
+    Example:
+        >>> history_epochs("/nonexistent")
+        []
+    """
+    return [int(r["epoch"]) for r in load_history(Path(output_dir) / HISTORY_FILE)]
