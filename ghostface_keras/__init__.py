@@ -17,6 +17,12 @@ from ghostface_keras.errors import (
 )
 from ghostface_keras.preprocessing import IMAGE_SIZE, denormalize_images, normalize_images
 
+from ghostface_keras.blocks import hard_sigmoid_keras2, make_divisible
+from ghostface_keras.flops import count_flops
+from ghostface_keras.models import GhostFaceNetV1, GhostFaceNetV2, GhostNetV1, GhostNetV2, MMobileFaceNet, MobileFaceNet
+from ghostface_keras.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+
 __version__ = "0.1.0"
 
 # Public API of the other modules is added below, one import line per module.
+from ghostface_keras.data import image_folder_dataset, load_bin, recordio_dataset, save_bin, synthetic_faces

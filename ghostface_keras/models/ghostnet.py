@@ -1,0 +1,153 @@
+"""GhostNet V1 / V2 backbones and their ImageNet classifiers.
+
+GhostNet: Han et al., "GhostNet: More Features from Cheap Operations", CVPR 2020.
+GhostNetV2: Tang et al., "GhostNetV2: Enhance Cheap Operation with Long-Range Attention", NeurIPS 2022.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import keras
+from keras import layers
+
+from ghostface_keras.blocks import (
+    ActivationSpec,
+    LayerSettings,
+    activation_layer,
+    conv_bn_act,
+    ghost_bottleneck,
+    make_divisible,
+)
+
+
+class GhostStage(NamedTuple):
+    """One bottleneck row of GhostNet's Table 1 (width 1.0)."""
+
+    kernel_size: int
+    expansion: int
+    out_channels: int
+    se_ratio: float
+    strides: int
+
+
+# GhostNet paper, Table 1. The official GhostFaceNetV1 replaces the last expansion 960 by 512.
+GHOSTNET_STAGES: Tuple[GhostStage, ...] = (
+    GhostStage(3, 16, 16, 0.0, 1),
+    GhostStage(3, 48, 24, 0.0, 2),
+    GhostStage(3, 72, 24, 0.0, 1),
+    GhostStage(5, 72, 40, 0.25, 2),
+    GhostStage(5, 120, 40, 0.25, 1),
+    GhostStage(3, 240, 80, 0.0, 2),
+    GhostStage(3, 200, 80, 0.0, 1),
+    GhostStage(3, 184, 80, 0.0, 1),
+    GhostStage(3, 184, 80, 0.0, 1),
+    GhostStage(3, 480, 112, 0.25, 1),
+    GhostStage(3, 672, 112, 0.25, 1),
+    GhostStage(5, 672, 160, 0.25, 2),
+    GhostStage(5, 960, 160, 0.0, 1),
+    GhostStage(5, 960, 160, 0.25, 1),
+    GhostStage(5, 960, 160, 0.0, 1),
+    GhostStage(5, 960, 160, 0.25, 1),
+)
+STEM_CHANNELS = 16
+FINAL_CHANNELS = 960
+DFC_FIRST_STACK = 3  # GhostNetV2 uses plain ghost modules in stacks 1-2, DFC attention from stack 3 on
+
+
+def ghostnet_features(
+    inputs,
+    width: float = 1.0,
+    strides: int = 2,
+    version: int = 1,
+    last_expansion: int = 960,
+    activation: ActivationSpec = "relu",
+    se_gate: str = "hard_sigmoid",
+    settings: Optional[LayerSettings] = None,
+    stages: Sequence[GhostStage] = GHOSTNET_STAGES,
+):
+    """Build the GhostNet feature extractor on `inputs`; returns the activated final 1x1 conv map.
+
+    `strides` is the stem stride (1 or 2). `version` 2 adds DFC attention to stacks 3..16.
+    `last_expansion` is the width-1.0 channel count of the last bottleneck's expansion and of the
+    final 1x1 conv (960 in the paper, 512 in the official GhostFaceNetV1).
+    """
+    if version not in (1, 2):
+        raise ValueError(f"version must be 1 or 2, got {version!r}")
+    if strides not in (1, 2):
+        raise ValueError(f"strides (the stem stride) must be 1 or 2, got {strides!r}")
+    settings = settings or LayerSettings(padding="same" if version == 1 else "symmetric")
+    x = conv_bn_act(inputs, make_divisible(STEM_CHANNELS * width), 3, settings, "stem", strides=strides,
+                    activation=activation)
+    for index, stage in enumerate(stages, start=1):
+        expansion = last_expansion if index == len(stages) else stage.expansion
+        x = ghost_bottleneck(
+            x,
+            stage.kernel_size,
+            make_divisible(expansion * width),
+            make_divisible(stage.out_channels * width),
+            stage.strides,
+            settings,
+            name=f"stack{index}",
+            se_ratio=stage.se_ratio,
+            use_dfc=version == 2 and index >= DFC_FIRST_STACK,
+            activation=activation,
+            se_gate=se_gate,
+        )
+    return conv_bn_act(x, make_divisible(last_expansion * width), 1, settings, "final", activation=activation)
+
+
+def _ghostnet_classifier(version: int, width: float, input_shape, include_top: bool, num_classes: int,
+                         dropout: float, activation: ActivationSpec, weight_decay: float, name: str):
+    settings = LayerSettings(padding="same" if version == 1 else "symmetric", bn_momentum=0.9,
+                             bn_epsilon=1e-5, weight_decay=weight_decay)
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = ghostnet_features(inputs, width=width, strides=2, version=version, activation=activation,
+                          se_gate="hard_sigmoid", settings=settings)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
+        x = layers.Conv2D(1280, 1, use_bias=True, kernel_regularizer=settings.regularizer(), name="head_conv")(x)
+        x = activation_layer(x, activation, "head_act")
+        x = layers.Flatten(name="head_flatten")(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout, name="head_dropout")(x)
+        x = layers.Dense(num_classes, kernel_regularizer=settings.regularizer(), name="predictions")(x)
+        x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def GhostNetV1(width: float = 1.0, input_shape=(224, 224, 3), include_top: bool = True, num_classes: int = 1000,
+               dropout: float = 0.2, activation: ActivationSpec = "relu", weight_decay: float = 0.0) -> keras.Model:
+    """GhostNet (V1) ImageNet classifier of the GhostNet paper (Table 1 / Table 7).
+
+    Args:
+        width: channel multiplier (0.5, 1.0, 1.3 in the paper).
+        input_shape: fixed input (H, W, 3).
+        include_top: add global pooling, the 1280-channel 1x1 conv, dropout and the classifier.
+        num_classes: classifier outputs.
+        dropout: dropout rate before the classifier.
+        activation: activation of stem, ghost modules, SE hidden layer and head ("relu" as in the paper).
+        weight_decay: SGD weight decay, applied as L2(weight_decay / 2) on kernels.
+
+    Example:
+        >>> model = GhostNetV1(width=1.0)
+        >>> round(model.count_params() / 1e6, 1)
+        5.2
+    """
+    return _ghostnet_classifier(1, width, input_shape, include_top, num_classes, dropout, activation,
+                                weight_decay, f"ghostnetv1_w{width:g}")
+
+
+def GhostNetV2(width: float = 1.0, input_shape=(224, 224, 3), include_top: bool = True, num_classes: int = 1000,
+               dropout: float = 0.2, activation: ActivationSpec = "relu", weight_decay: float = 0.0) -> keras.Model:
+    """GhostNetV2 ImageNet classifier (GhostNet with DFC attention from stack 3 on).
+
+    Same arguments as `GhostNetV1`.
+
+    Example:
+        >>> model = GhostNetV2(width=1.0, input_shape=(224, 224, 3))
+        >>> model.output_shape
+        (None, 1000)
+    """
+    return _ghostnet_classifier(2, width, input_shape, include_top, num_classes, dropout, activation,
+                                weight_decay, f"ghostnetv2_w{width:g}")

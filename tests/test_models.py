@@ -1,0 +1,193 @@
+"""Architectures: parameter counts and MACs against the official code and the papers, layer names,
+shapes, determinism, and the exact functions of the quirky layers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import ghostface_keras as g
+from ghostface_keras.blocks import LayerSettings, dfc_attention, make_divisible
+
+OFFICIAL_BUILDS = {
+    "ghostfacenetv1-w1.0-s2": lambda: g.GhostFaceNetV1(width=1.0, strides=2),
+    "ghostfacenetv1-w1.3-s2": lambda: g.GhostFaceNetV1(width=1.3, strides=2),
+    "ghostfacenetv1-w1.3-s1": lambda: g.GhostFaceNetV1(width=1.3, strides=1, use_bias=True),
+    "ghostfacenetv2-w1.3-s2": lambda: g.GhostFaceNetV2(width=1.3, strides=2),
+    "ghostfacenetv2-w1.3-s1": lambda: g.GhostFaceNetV2(width=1.3, strides=1),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(OFFICIAL_BUILDS))
+def test_params_and_macs_equal_official(variant, reference_dir: Path):
+    summary = json.loads((reference_dir / variant / "summary.json").read_text())
+    flops = json.loads((reference_dir / variant / "flops.json").read_text())
+    model = OFFICIAL_BUILDS[variant]()
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert model.count_params() == summary["total_params"]
+    assert trainable == summary["trainable_params"]
+    assert g.count_flops(model) == flops["analytic_macs_conv_dense"]
+    assert model.output_shape == (None, 512)
+    # same multiset of weight shapes per layer class as the official model
+    ours = sorted((type(layer).__name__, tuple(tuple(w.shape) for w in layer.weights))
+                  for layer in model.layers if layer.weights)
+    theirs = sorted((layer["class"], tuple(tuple(w["shape"]) for w in layer["weights"]))
+                    for layer in summary["layers"] if layer["weights"])
+    assert ours == theirs
+
+
+def test_registry_names_match_official_builds(reference_dir: Path):
+    summary = json.loads((reference_dir / "ghostfacenetv1-w1.3-s2" / "summary.json").read_text())
+    model = g.create_model("ghostfacenetv1-1.3-2", use_bias=summary["build"]["use_bias"])
+    assert model.count_params() == summary["total_params"]
+
+
+@pytest.mark.parametrize("width, params_m, macs_m", [(0.5, 2.6, 42), (1.0, 5.2, 141), (1.3, 7.3, 226)])
+def test_ghostnet_imagenet_sizes_match_paper_table7(width, params_m, macs_m):
+    model = g.GhostNetV1(width=width, input_shape=(224, 224, 3))
+    assert model.output_shape == (None, 1000)
+    assert model.count_params() / 1e6 == pytest.approx(params_m, rel=0.05)
+    assert g.count_flops(model) / 1e6 == pytest.approx(macs_m, rel=0.05)
+
+
+@pytest.mark.parametrize("build, params_m, macs_m", [
+    (g.MobileFaceNet, 1.1, 236.75),
+    (g.MMobileFaceNet, 2.1, 456.89),
+])
+def test_mobilefacenet_family_sizes_match_paper(build, params_m, macs_m):
+    model = build()
+    assert model.output_shape == (None, 512)
+    assert model.count_params() / 1e6 == pytest.approx(params_m, rel=0.15)
+    assert g.count_flops(model) / 1e6 == pytest.approx(macs_m, rel=0.15)
+
+
+def test_mmobilefacenet_doubles_only_the_expansion_channels():
+    base, doubled = g.MobileFaceNet(), g.MMobileFaceNet()
+    assert base.get_layer("block1_expand_conv").filters * 2 == doubled.get_layer("block1_expand_conv").filters
+    assert base.get_layer("block1_project_conv").filters == doubled.get_layer("block1_project_conv").filters
+    assert base.get_layer("stem_conv").filters == doubled.get_layer("stem_conv").filters
+
+
+def test_count_flops_matches_hand_count_on_a_tiny_model():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)          # 3*3*3*4 * 4*4 = 1728
+    x = keras.layers.DepthwiseConv2D(3, padding="valid")(x)                    # 3*3*4 * 2*2 = 144
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(5)(x)                                               # 16*5 = 80
+    assert g.count_flops(keras.Model(inputs, x)) == 1728 + 144 + 80
+
+
+def test_make_divisible_matches_official_channel_plan():
+    widths = [make_divisible(c * 1.3) for c in (16, 48, 72, 120, 240, 200, 184, 480, 672, 960, 512)]
+    assert widths == [20, 64, 92, 156, 312, 260, 240, 624, 872, 1248, 664]
+    assert make_divisible(1) == 4
+
+
+def test_keras2_hard_sigmoid_differs_from_keras3():
+    x = np.linspace(-4, 4, 81).astype("float32")
+    ours = keras.ops.convert_to_numpy(g.hard_sigmoid_keras2(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(ours, np.clip(0.2 * x + 0.5, 0, 1), atol=1e-7)
+    keras3 = keras.ops.convert_to_numpy(keras.activations.hard_sigmoid(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(keras3, np.clip(x / 6 + 0.5, 0, 1), atol=1e-6)
+
+
+def test_dfc_resize_is_half_pixel_bilinear():
+    """Resizing a 3x3 ramp to 7x7 must give the official (TF2 half-pixel) values."""
+    ramp = np.arange(9, dtype="float32").reshape(1, 3, 3, 1)
+    resized = keras.layers.Resizing(7, 7, interpolation="bilinear")(ramp)
+    first_row = keras.ops.convert_to_numpy(resized)[0, 0, :, 0]
+    np.testing.assert_allclose(first_row, [0, 1 / 7, 4 / 7, 1, 10 / 7, 13 / 7, 2], atol=1e-5)
+
+
+def test_dfc_attention_floors_odd_sizes_and_restores_them():
+    inputs = keras.Input((7, 7, 8))
+    gate = dfc_attention(inputs, 8, LayerSettings(padding="symmetric"), "dfc")
+    model = keras.Model(inputs, gate)
+    assert model.get_layer("dfc_pool").output.shape[1:3] == (3, 3)
+    assert model.output_shape == (None, 7, 7, 8)
+    out = model(np.random.default_rng(0).normal(size=(2, 7, 7, 8)).astype("float32"))
+    assert np.all((keras.ops.convert_to_numpy(out) > 0) & (keras.ops.convert_to_numpy(out) < 1))
+
+
+def test_v1_stride2_uses_tensorflow_same_padding_and_v2_symmetric_padding():
+    v1 = g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3))
+    v2 = g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3))
+    assert v1.get_layer("stem_conv").padding == "same"
+    assert v2.get_layer("stem_conv").padding == "valid"
+    assert v2.get_layer("stem_conv_pad").padding == ((1, 1), (1, 1))
+    assert v2.get_layer("stack4_down_dw_pad").padding == ((2, 2), (2, 2))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3)),
+    lambda: g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3), strides=1),
+    lambda: g.MobileFaceNet(width=0.25, input_shape=(64, 64, 3)),
+    lambda: g.GhostNetV1(width=0.5, input_shape=(64, 64, 3), num_classes=7),
+])
+def test_small_variants_forward_pass(build):
+    model = build()
+    batch = np.random.default_rng(1).uniform(-1, 1, size=(2, 64, 64, 3)).astype("float32")
+    out = keras.ops.convert_to_numpy(model(batch, training=False))
+    assert out.shape == (2, model.output_shape[-1])
+    assert np.all(np.isfinite(out))
+    assert not np.allclose(out[0], out[1])  # depends on the input
+
+
+def test_every_layer_is_named_from_a_stable_prefix():
+    model = g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3))
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+    allowed = ("input", "stem", "stack", "final", "GDC_", "pre_embedding", "embedding")
+    assert all(name.startswith(allowed) for name in names), [n for n in names if not n.startswith(allowed)]
+    prelus = [layer for layer in model.layers if isinstance(layer, keras.layers.PReLU)]
+    assert prelus and all(layer.shared_axes == [1, 2] for layer in prelus)
+    assert model.get_layer("embedding").dtype_policy.compute_dtype == "float32"
+
+
+def test_same_seed_builds_identical_weights_and_names():
+    def build():
+        keras.utils.set_random_seed(7)
+        return g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3))
+
+    first, second = build(), build()
+    assert [layer.name for layer in first.layers] == [layer.name for layer in second.layers]
+    for a, b in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_weight_decay_is_l2_of_half_on_kernels_only():
+    model = g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3), weight_decay=5e-4)
+    conv = model.get_layer("stem_conv")
+    assert conv.kernel_regularizer.l2 == pytest.approx(2.5e-4)
+    assert model.get_layer("stack1_ghost1_cheap_dw").depthwise_regularizer.l2 == pytest.approx(2.5e-4)
+    assert model.get_layer("stack4_se_reduce").bias_regularizer is None
+    assert model.get_layer("stem_bn").gamma_regularizer is None
+    kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    model(np.zeros((1, 64, 64, 3), "float32"))
+    expected = sum(2.5e-4 * float(np.sum(keras.ops.convert_to_numpy(layer.kernel) ** 2)) for layer in kernels)
+    assert float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses)) == pytest.approx(expected, rel=1e-4)
+    assert not g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3), weight_decay=0).losses
+
+
+def test_registry_lookup_overrides_and_errors():
+    assert g.get_model_spec("GHOSTFACENETV1-1.0-2").name == "GhostFaceNetV1-1-2"
+    assert g.get_model_spec("GhostFaceNetV1-1.3-1").config["use_bias"] is True
+    model = g.create_model("GhostFaceNetV1-0.5-2", input_shape=(64, 64, 3), embedding_size=128)
+    assert model.output_shape == (None, 128)
+    with pytest.raises(g.ModelNameError, match="GhostFaceNetV7.*known models"):
+        g.create_model("GhostFaceNetV7-1-2")
+    assert {"MobileFaceNet", "MMobileFaceNet", "GhostNetV1-1"} <= set(g.list_models())
+    for name in g.list_models():
+        spec = g.get_model_spec(name)
+        assert spec.input_shape[-1] == 3 and spec.normalization
+
+
+def test_model_code_uses_keras_only():
+    """Builders must run on every Keras backend: no TensorFlow imports in model code."""
+    package = Path(g.__file__).parent
+    for path in [package / "blocks.py", *sorted((package / "models").glob("*.py"))]:
+        assert "tensorflow" not in path.read_text(), path
