@@ -32,3 +32,7 @@ class NoFaceError(GhostFaceError, ValueError):
 
 class ExportError(GhostFaceError, RuntimeError):
     """An export whose result does not match the Keras model (parity) or cannot be produced."""
+
+
+class ModelLoadError(GhostFaceError, ValueError):
+    """A model path that does not exist, or that no supported loader (.keras, .h5, SavedModel, .tflite) can read."""

@@ -1,0 +1,171 @@
+"""Evaluate a face embedding model on the field's benchmarks from one command (`ghostface-eval`).
+
+Pair verification from insightface `.bin` files (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW, XQLFW...), IJB-B/C
+templates, RFW per-group bias, and rank-k identification of a folder of identity folders. Prints a
+table and writes results.json/.csv/.md and ROC / TAR@FAR plots into --output.
+
+Example:
+    python eval.py --model checkpoints/model.keras --bins lfw.bin cfp_fp.bin agedb_30.bin --output results/
+    python eval.py --model model.tflite --ijb /data/IJB_release --ijb-subset IJBB --ijb-1n --output results/
+    python eval.py --model model.keras --rfw /data/rfw_bins --folder /data/tinyface_folders --output results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ghostface_keras.errors import DataError, GhostFaceError
+
+logger = logging.getLogger("ghostface_keras.eval")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of `eval.py` / `ghostface-eval`.
+
+    Example:
+        >>> build_parser().parse_args(["--model", "m.keras", "--bins", "lfw.bin", "--output", "out"]).flip
+        True
+    """
+    parser = argparse.ArgumentParser(prog="ghostface-eval", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help=".keras / .h5 file, SavedModel folder or .tflite file")
+    parser.add_argument("--bins", nargs="+", default=[], metavar="BIN", help="insightface verification .bin files")
+    parser.add_argument("--ijb", metavar="DIR", help="insightface IJB_release folder (holding IJBB/ and/or IJBC/)")
+    parser.add_argument("--ijb-subset", default="IJBC", choices=["IJBB", "IJBC"], type=str.upper)
+    parser.add_argument("--ijb-1n", action="store_true", help="also run IJB 1:N identification")
+    parser.add_argument("--ijb-no-score-weighting", action="store_true",
+                        help="do not weight IJB image features by detector score (insightface D0)")
+    parser.add_argument("--rfw", metavar="DIR", help="folder with one .bin per RFW group (African, Asian, ...)")
+    parser.add_argument("--folder", metavar="DIR", action="append", default=[],
+                        help="folder of identity sub-folders of aligned faces (rank-k + all-pairs ROC); repeatable")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="flip test-time augmentation (default on, the official convention)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--output", required=True, metavar="DIR", help="where results and plots are written")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _load_bin(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """`ghostface_keras.data.load_bin`, with any reader failure turned into a DataError naming the file."""
+    from ghostface_keras.data import load_bin
+
+    if not Path(path).is_file():
+        raise DataError(f"{path}: .bin file not found")
+    try:
+        return load_bin(path)
+    except GhostFaceError:
+        raise
+    except (ValueError, OSError, EOFError, TypeError, KeyError, IndexError) as error:
+        raise DataError(f"{path}: not a readable verification .bin ({type(error).__name__}: {error})") from error
+
+
+def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, name_prefix: str = "") -> list[Any]:
+    """Verification results of each `.bin` (name = prefix + file stem).
+
+    Example:
+        >>> evaluate_bins(EmbeddingFunction("m.keras"), ["lfw.bin"], progress=False)[0].accuracy
+    """
+    from ghostface_keras.evaluation import extract_embeddings, pair_scores, verification_metrics
+
+    results = []
+    for path in bins:
+        images, issame = _load_bin(path)
+        if len(images) != 2 * len(issame):
+            raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs (expected 2 per pair)")
+        logger.info("%s: %d pairs", path, len(issame))
+        embeddings = extract_embeddings(embed, images, progress=progress)
+        results.append(verification_metrics(pair_scores(embeddings), issame, name=name_prefix + Path(path).stem))
+    return results
+
+
+def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """Run every requested benchmark; returns (verification results, extra JSON documents).
+
+    Example:
+        >>> results, extra = run(build_parser().parse_args([...]))
+    """
+    from ghostface_keras.evaluation import EmbeddingFunction, evaluate_ijb, find_rfw_bins, rfw_summary
+    from ghostface_keras.evaluation.identification import evaluate_folder
+
+    if not (args.bins or args.ijb or args.rfw or args.folder):
+        raise DataError("nothing to evaluate: give --bins, --ijb, --rfw and/or --folder")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    progress = not args.quiet
+    embed = EmbeddingFunction(args.model, batch_size=args.batch_size, flip=args.flip)
+    results = evaluate_bins(embed, args.bins, progress)
+    extra: dict[str, Any] = {}
+    if args.rfw:
+        group_bins = find_rfw_bins(args.rfw)
+        group_results = evaluate_bins(embed, list(group_bins.values()), progress, name_prefix="RFW-")
+        results.extend(group_results)
+        extra["bias"] = rfw_summary({group: result.accuracy for group, result in zip(group_bins, group_results)})
+    if args.ijb:
+        ijb = evaluate_ijb(embed, args.ijb, args.ijb_subset, identification=args.ijb_1n,
+                           score_weighting=not args.ijb_no_score_weighting, progress=progress)
+        results.append(ijb.verification)
+        if ijb.identification is not None:
+            extra["ijb_1n"] = ijb.identification
+    identifications = []
+    for folder in args.folder:
+        identification, verification = evaluate_folder(embed, folder, ranks=(1, 5, 10), progress=progress)
+        identifications.append(identification)
+        results.append(verification)
+    if identifications:
+        extra["identification"] = identifications
+    return results, extra
+
+
+def _print_summary(results: Sequence[Any], extra: dict[str, Any], output: Path) -> None:
+    from ghostface_keras.evaluation import results_table
+    from ghostface_keras.evaluation.reports import markdown_table
+
+    print(markdown_table(results_table([result.record() for result in results])))
+    if "bias" in extra:
+        bias = extra["bias"]
+        print(f"RFW: mean {bias['mean']:.4f}  std {bias['std']:.4f}  SER {bias['ser']:.3f}")
+    for identification in extra.get("identification", []):
+        ranks = "  ".join(f"{key} {value:.4f}" for key, value in identification.items() if key.startswith("rank_"))
+        print(f"{identification['name']}: {identification['probes']} probes  {ranks}")
+    if "ijb_1n" in extra:
+        one_to_n = extra["ijb_1n"]
+        tops = "  ".join(f"{key} {value:.4f}" for key, value in one_to_n.items() if key.startswith("top_"))
+        print(f"{one_to_n['name']}: {tops}  TPIR@FPIR {one_to_n['tpir_at_fpir']}")
+    print(f"results written to {output}/")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `eval.py` and the `ghostface-eval` console script; returns the exit status.
+
+    Example:
+        >>> main(["--model", "model.keras", "--bins", "lfw.bin", "--output", "results"])
+        0
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        from ghostface_keras.evaluation import write_reports
+
+        results, extra = run(args)
+        output = Path(args.output)
+        write_reports(results, output, extra=extra, plots=not args.no_plots)
+        _print_summary(results, extra, output)
+    except GhostFaceError as error:
+        print(f"ghostface-eval: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ghostface-eval: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Closed-set rank-k identification (CMC): gallery/probe splits (TinyFace-style) and identity folders.
+
+Each probe is compared with every gallery embedding (cosine); identities are ranked by their best
+gallery match (the nearest-neighbour rule); the probe is correct at rank k when its identity is
+among the top k. Probes whose identity has no gallery image are left out of the CMC (they are
+distractors in open-set terms) and counted separately.
+
+For a folder of identity sub-folders, the protocol is leave-one-out: every image is a probe against
+all the *other* images (so an image never matches itself, unlike the official `eval_folder.py`,
+which puts each probe in its own class centre).
+
+Example:
+    >>> from ghostface_keras.evaluation import rank_k_identification
+    >>> result = rank_k_identification(gallery, gallery_ids, probes, probe_ids, ranks=(1, 5))
+    >>> result["rank_1"], result["rank_5"]
+    (0.93, 0.98)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ghostface_keras.errors import DataError
+from ghostface_keras.evaluation.verification import l2_normalize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
+
+
+def identity_scores(gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray,
+                    exclude_same_index: bool = False, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per probe, the best cosine to each gallery identity: `(scores (P, I), identities (I,))`.
+
+    With `exclude_same_index`, probe i and gallery i are the same image and never match each other.
+
+    Example:
+        >>> scores, ids = identity_scores(np.eye(3), np.array([7, 7, 9]), np.eye(3)[:1])
+        >>> ids.tolist(), scores.tolist()
+        ([7, 9], [[1.0, 0.0]])
+    """
+    gallery, probes = l2_normalize(gallery), l2_normalize(probes)
+    identities, column = np.unique(np.asarray(gallery_labels), return_inverse=True)
+    best = np.full((len(probes), len(identities)), -np.inf, dtype=np.float32)
+    for start in range(0, len(probes), chunk):
+        similarity = probes[start:start + chunk] @ gallery.T
+        if exclude_same_index:
+            rows = np.arange(len(similarity))
+            similarity[rows, rows + start] = -np.inf
+        for identity_index in range(len(identities)):
+            members = column == identity_index
+            best[start:start + chunk, identity_index] = similarity[:, members].max(axis=1)
+    return best, identities
+
+
+def cmc_from_scores(scores: np.ndarray, identities: np.ndarray, probe_labels: np.ndarray,
+                    max_rank: int = 10) -> tuple[np.ndarray, int]:
+    """Cumulative match characteristic: fraction of enrolled probes correct within rank 1..max_rank.
+
+    Ties are counted against the probe (the true identity's rank is 1 + the number of identities
+    scoring at least as high, other than itself). Returns `(cmc, enrolled probe count)`.
+
+    Example:
+        >>> cmc, count = cmc_from_scores(np.array([[0.9, 0.5], [0.2, 0.8]]), np.array([1, 2]), np.array([2, 2]), 2)
+        >>> cmc.tolist(), count
+        ([0.5, 1.0], 2)
+    """
+    probe_labels = np.asarray(probe_labels)
+    lookup = {label: index for index, label in enumerate(identities.tolist())}
+    enrolled = np.array([label in lookup for label in probe_labels.tolist()], dtype=bool)
+    if not enrolled.any():
+        raise DataError("no probe identity appears in the gallery: rank-k is undefined")
+    columns = np.array([lookup[label] for label in probe_labels[enrolled].tolist()])
+    enrolled_scores = scores[enrolled]
+    true_scores = enrolled_scores[np.arange(len(columns)), columns]
+    ranks = np.sum(enrolled_scores >= true_scores[:, None], axis=1)  # 1 = best (true id counts itself)
+    cmc = np.array([np.mean(ranks <= k) for k in range(1, max_rank + 1)])
+    return cmc, int(enrolled.sum())
+
+
+def rank_k_identification(gallery: np.ndarray, gallery_labels: Sequence, probes: np.ndarray,
+                          probe_labels: Sequence, ranks: Sequence[int] = (1, 5, 10),
+                          name: str = "identification") -> dict[str, Any]:
+    """Rank-k accuracy of probes against a gallery (embeddings; labels are identity ids).
+
+    Returns a record with `rank_<k>` entries, the CMC up to the largest k, and the counts.
+
+    Example:
+        >>> rank_k_identification(np.eye(2), [0, 1], np.eye(2), [0, 1], ranks=(1,))["rank_1"]
+        1.0
+    """
+    scores, identities = identity_scores(gallery, np.asarray(gallery_labels), probes)
+    return _identification_record(scores, identities, np.asarray(probe_labels), ranks, name, len(gallery))
+
+
+def leave_one_out_identification(embeddings: np.ndarray, labels: Sequence, ranks: Sequence[int] = (1, 5, 10),
+                                 name: str = "identification") -> dict[str, Any]:
+    """Every image is a probe against all the other images (identities with one image are skipped as probes).
+
+    Example:
+        >>> leave_one_out_identification(np.array([[1, 0], [1, .1], [0, 1], [.1, 1]]), [0, 0, 1, 1], (1,))["rank_1"]
+        1.0
+    """
+    labels = np.asarray(labels)
+    identities, counts = np.unique(labels, return_counts=True)
+    scores, identities = identity_scores(embeddings, labels, embeddings, exclude_same_index=True)
+    usable = np.isin(labels, identities[counts >= 2])
+    return _identification_record(scores[usable], identities, labels[usable], ranks, name, len(embeddings))
+
+
+def _identification_record(scores: np.ndarray, identities: np.ndarray, probe_labels: np.ndarray,
+                           ranks: Sequence[int], name: str, gallery_size: int) -> dict[str, Any]:
+    max_rank = max(ranks)
+    cmc, enrolled = cmc_from_scores(scores, identities, probe_labels, max_rank)
+    record: dict[str, Any] = {"name": name, "probes": enrolled, "gallery": int(gallery_size),
+                              "identities": int(len(identities))}
+    for k in ranks:
+        record[f"rank_{k}"] = float(cmc[k - 1])
+    record["cmc"] = [float(value) for value in cmc]
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Identity folders
+# --------------------------------------------------------------------------------------------------
+def list_identity_folder(folder: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Image files of `folder/<identity>/*`, their integer labels and the identity names (sorted).
+
+    Example:
+        >>> paths, labels, names = list_identity_folder("orl_att_faces")
+        >>> len(paths), names[:2]
+        (400, ['s1', 's10'])
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder of identity sub-folders")
+    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    paths, labels = [], []
+    for label, name in enumerate(names):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                labels.append(label)
+    if not paths:
+        raise DataError(f"{root}: no images found in identity sub-folders")
+    return paths, np.asarray(labels), names
+
+
+def read_face_images(paths: Sequence[Path], size: int = 112) -> np.ndarray:
+    """Decode files to (N, size, size, 3) uint8 RGB (grey is stacked, other sizes resized bilinearly).
+
+    Example:
+        >>> read_face_images([Path("face.jpg")]).shape
+        (1, 112, 112, 3)
+    """
+    from PIL import Image
+
+    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.BILINEAR)
+                images[index] = np.asarray(image)
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot decode image ({error})") from error
+    return images
+
+
+def all_pair_scores(embeddings: np.ndarray, labels: Sequence, max_impostor_pairs: int = 1_000_000,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores of every genuine pair (i < j, same label) and of impostor pairs (all, or a seeded sample).
+
+    Example:
+        >>> scores, same = all_pair_scores(np.eye(3), [0, 0, 1])
+        >>> scores.tolist(), same.tolist()
+        ([0.0, 0.0, 0.0], [True, False, False])
+    """
+    labels = np.asarray(labels)
+    unit = l2_normalize(embeddings)
+    first, second = np.triu_indices(len(labels), k=1)
+    same = labels[first] == labels[second]
+    impostors = np.flatnonzero(~same)
+    if len(impostors) > max_impostor_pairs:
+        impostors = np.sort(np.random.default_rng(seed).choice(impostors, max_impostor_pairs, replace=False))
+    keep = np.r_[np.flatnonzero(same), impostors]
+    scores = np.sum(unit[first[keep]] * unit[second[keep]], axis=1).astype(np.float64)
+    return scores, same[keep]
+
+
+def evaluate_folder(model: Any, folder: str | os.PathLike, batch_size: int = 128, flip: bool = True,
+                    ranks: Sequence[int] = (1, 5, 10), progress: bool = True) -> tuple[dict[str, Any], Any]:
+    """Leave-one-out rank-k identification and all-pairs verification of a folder of identity folders.
+
+    Images that are not 112x112 are resized (bilinear); they should already be aligned faces.
+    Returns `(identification record, VerificationResult)`; the verification has no k-fold accuracy
+    (the pairs are not in protocol folds) but has best-threshold accuracy, AUC, EER and TAR@FAR.
+
+    Example:
+        >>> identification, verification = evaluate_folder("model.keras", "celeba_aligned112/val")
+        >>> identification["rank_1"], verification.auc
+    """
+    from ghostface_keras.evaluation.embeddings import extract_embeddings
+    from ghostface_keras.evaluation.verification import verification_metrics
+
+    paths, labels, _ = list_identity_folder(folder)
+    images = read_face_images(paths)
+    embeddings = extract_embeddings(model, images, batch_size=batch_size, flip=flip, progress=progress)
+    name = Path(folder).name or str(folder)
+    identification = leave_one_out_identification(embeddings, labels, ranks, name=name)
+    scores, same = all_pair_scores(embeddings, labels)
+    return identification, verification_metrics(scores, same, name=name, n_folds=0)
