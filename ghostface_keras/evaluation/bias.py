@@ -7,8 +7,8 @@ group is evaluated with the usual 10-fold verification protocol; the summary giv
 - `ser`: skewed error ratio = highest group error / lowest group error (1.0 = no skew).
 
 The expected input is one insightface-style `.bin` per group in a folder, named after the group
-(`African_test.bin`, `asian.bin`, ...: the first `.bin` whose file name contains the group name,
-case-insensitive).
+(`African_test.bin`, `asian.bin`, ...: the first `.bin` whose file name contains the group name as a
+word, case-insensitive).
 
 Example:
     >>> from ghostface_keras.evaluation import rfw_summary
@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,7 +68,9 @@ def find_rfw_bins(folder: str | os.PathLike, groups: tuple[str, ...] = RFW_GROUP
     candidates = sorted(root.glob("*.bin"))
     found, missing = {}, []
     for group in groups:
-        matches = [path for path in candidates if group.lower() in path.stem.lower()]
+        # a whole word, so that "Caucasian.bin" is not taken for the Asian group
+        word = re.compile(rf"(?<![a-z]){group.lower()}(?![a-z])")
+        matches = [path for path in candidates if word.search(path.stem.lower())]
         if matches:
             found[group] = matches[0]
         else:
