@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ghostface_keras.errors import DataError, GhostFaceError  # noqa: E402
 
-TRUE_WORDS = {"1", "true", "yes", "same", "y", "t"}
-FALSE_WORDS = {"0", "false", "no", "different", "n", "f"}
+TRUE_WORDS = {"1", "true", "yes", "y", "t"}
+FALSE_WORDS = {"0", "false", "no", "n", "f"}
 
 
 def read_pairs_csv(csv_path: Path, folder: Path) -> list[tuple[Path, Path, bool]]:
@@ -33,9 +33,11 @@ def read_pairs_csv(csv_path: Path, folder: Path) -> list[tuple[Path, Path, bool]
     with open(csv_path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle)
         for line_number, row in enumerate(rows, 1):
-            if len(row) < 3 or (line_number == 1 and row[2].strip().lower() not in TRUE_WORDS | FALSE_WORDS):
-                if line_number == 1:
-                    continue  # header
+            if line_number == 1 and len(row) >= 3 and row[2].strip().lower() not in TRUE_WORDS | FALSE_WORDS:
+                continue  # a header line
+            if not row:
+                continue
+            if len(row) < 3:
                 raise DataError(f"{csv_path}: line {line_number}: expected image_a,image_b,same, got {row}")
             flag = row[2].strip().lower()
             if flag not in TRUE_WORDS | FALSE_WORDS:

@@ -48,13 +48,14 @@ class RecordIOReader:
     """
 
     def __init__(self, path: str | os.PathLike):
+        self._fd = None  # set first: __del__ runs even when opening fails
         self.rec_path, self.idx_path = _locate(Path(path))
         self._fd = os.open(self.rec_path, os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
         self.offsets = _read_index(self.idx_path) if self.idx_path else self._scan_offsets()
 
     def close(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
 
