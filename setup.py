@@ -34,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ghostface-zoo=ghostface_keras.registry:main",
+            "ghostface-convert=ghostface_keras.convert:main",
         ],
     },
 )

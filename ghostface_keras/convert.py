@@ -1,0 +1,534 @@
+"""Convert the officially released Keras-2 GhostFaceNets `.h5` files into our Keras 3 models.
+
+The file is read with h5py only: its JSON config is parsed as data (no layer or function is ever
+deserialized from it), the variant is inferred from the config and the weight shapes, our model is
+built with matching options, and every weight is copied by graph topology with its shape checked.
+
+Why topology and not names: the official V1 files carry process-dependent automatic names
+(`conv2d_17`, ...), and in parallel branches the stored layer order is not a reliable pairing. Both
+graphs are walked depth-first from the embedding output, visiting each layer's inputs in order,
+and the layers that hold weights are paired in that visiting order. Our builders create every
+multi-input layer with the same input order as the official ones (Add: shortcut first; Multiply:
+DFC gate first, SE input first; Concatenate: primary first).
+
+Command line:
+    python -m ghostface_keras.convert GN_W0.5_S2_ArcFace_epoch16.h5 gn_w05.keras
+
+Example:
+    >>> from ghostface_keras.convert import load_official
+    >>> model = load_official("GN_W0.5_S2_ArcFace_epoch16.h5")     # doctest: +SKIP
+    >>> model.name
+    'GhostFaceNetV1-0.5-2'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ghostface_keras.errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+CANDIDATE_WIDTHS = tuple(round(0.05 * i, 2) for i in range(5, 61))  # 0.25 .. 3.0
+
+
+@dataclass(frozen=True)
+class OfficialVariant:
+    """What `inspect_official` infers from a file: enough to build the matching model."""
+
+    version: int
+    width: float
+    strides: int
+    use_bias: bool
+    scale: bool
+    embedding_size: int
+    input_shape: Tuple[int, int, int]
+    activation: str
+    se_gate: str
+    bn_momentum: float
+    bn_epsilon: float
+
+    @property
+    def name(self) -> str:
+        return f"GhostFaceNetV{self.version}-{self.width:g}-{self.strides}"
+
+    def build(self, **overrides):
+        from ghostface_keras.models import GhostFaceNetV1, GhostFaceNetV2
+
+        config = asdict(self)
+        version = config.pop("version")
+        config["input_shape"] = tuple(config["input_shape"])
+        config.update(overrides)
+        return (GhostFaceNetV1 if version == 1 else GhostFaceNetV2)(**config)
+
+
+@dataclass
+class _Layer:
+    name: str
+    class_name: str
+    config: dict
+    inbound: List[str]
+    weights: List[np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the file
+# ----------------------------------------------------------------------------------------------
+
+def _inbound_names(inbound_nodes) -> List[str]:
+    """Names of the layers feeding a layer, in argument order, from a Keras 2 or Keras 3 config."""
+    names: List[str] = []
+
+    def walk(item):
+        if isinstance(item, dict):
+            if "keras_history" in item:
+                names.append(item["keras_history"][0])
+                return
+            for key in ("config", "args", "kwargs"):
+                if key in item:
+                    walk(item[key])
+            if not any(key in item for key in ("config", "args", "kwargs")):
+                for value in item.values():
+                    walk(value)
+        elif isinstance(item, (list, tuple)):
+            if len(item) >= 3 and isinstance(item[0], str) and isinstance(item[1], int):
+                names.append(item[0])
+                for rest in item[3:]:
+                    walk(rest)
+            else:
+                for value in item:
+                    walk(value)
+
+    walk(inbound_nodes)
+    return names
+
+
+def _read_weight_groups(group, path: str) -> Dict[str, List[Tuple[str, np.ndarray]]]:
+    """(weight name, array) pairs per weight group of a Keras 2 h5 file, in `weight_names` order
+    (the true order; the datasets themselves are listed alphabetically)."""
+    groups: Dict[str, List[Tuple[str, np.ndarray]]] = {}
+    try:
+        layer_names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
+    except KeyError:
+        raise ConversionError(f"{path}: no 'layer_names' in the weight group: not a Keras .h5 save") from None
+    for layer_name in layer_names:
+        layer_group = group[layer_name]
+        names = [n.decode() if isinstance(n, bytes) else n for n in layer_group.attrs.get("weight_names", [])]
+        try:
+            groups[layer_name] = [(name, np.asarray(layer_group[name], dtype=np.float32)) for name in names]
+        except KeyError as error:
+            raise ConversionError(f"{path}: layer {layer_name!r} lists a weight the file does not hold "
+                                  f"({error}): truncated or damaged file") from None
+    return groups
+
+
+def _weights_by_layer(groups, layer_names) -> Dict[str, List[np.ndarray]]:
+    """Weights per layer; a nested model's group (a name that is not one of the layers) holds the
+    weights of all its layers, named "<layer>/<weight>:0", and is split by layer."""
+    weights = {name: [array for _, array in pairs] for name, pairs in groups.items() if name in layer_names}
+    for name, pairs in groups.items():
+        if name in layer_names:
+            continue
+        for weight_name, array in pairs:
+            owner = weight_name.split("/")[-2] if "/" in weight_name else name
+            weights.setdefault(owner, []).append(array)
+    return weights
+
+
+def _layers_from_config(model_config: dict) -> Tuple[List[dict], List[str]]:
+    """The embedding model's layer configs and output names, descending into a nested model if the
+    file is a training model with the embedding model inside."""
+    config = model_config.get("config", model_config)
+    layers = config.get("layers", [])
+    for layer in layers:
+        if layer.get("class_name") in ("Functional", "Model", "Sequential") and any(
+                inner.get("config", {}).get("name") == "embedding" or inner.get("name") == "embedding"
+                for inner in layer.get("config", {}).get("layers", [])):
+            return _layers_from_config(layer)
+    names = {layer.get("name", layer.get("config", {}).get("name")) for layer in layers}
+    if "embedding" in names:
+        return layers, ["embedding"]
+    outputs = [ref[0] for ref in config.get("output_layers", [])]
+    return layers, outputs
+
+
+def _read_official(path: str) -> Tuple[Dict[str, _Layer], List[str], dict]:
+    """Parse the file into {name: layer} with inbound names and weights, plus outputs and root attrs."""
+    import h5py
+
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path}: no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ConversionError(f"{path}: not a readable HDF5 file ({error})") from None
+    with handle:
+        attrs = {key: (value.decode() if isinstance(value, bytes) else value) for key, value in handle.attrs.items()}
+        weight_group = handle["model_weights"] if "model_weights" in handle else handle
+        groups = _read_weight_groups(weight_group, path)
+        raw_config = attrs.get("model_config")
+    if raw_config is None:
+        return _layers_from_weights_only(path, groups), [], attrs
+    try:
+        layer_configs, outputs = _layers_from_config(json.loads(raw_config))
+    except (ValueError, AttributeError) as error:
+        raise ConversionError(f"{path}: unreadable model_config JSON ({error})") from None
+    names = [entry.get("name") or entry.get("config", {}).get("name") for entry in layer_configs]
+    weights = _weights_by_layer(groups, set(names))
+    layers: Dict[str, _Layer] = {}
+    for entry in layer_configs:
+        name = entry.get("name") or entry.get("config", {}).get("name")
+        layers[name] = _Layer(name, entry.get("class_name", ""), entry.get("config", {}),
+                              _inbound_names(entry.get("inbound_nodes", [])), weights.get(name, []))
+    if "embedding" not in layers and not outputs:
+        raise ConversionError(f"{path}: the model config has no 'embedding' layer and no outputs: "
+                              "not a GhostFaceNets model")
+    return layers, outputs, attrs
+
+
+def _class_from_weights(name: str, arrays: List[np.ndarray]) -> str:
+    """Layer class of a weights-only entry, from its auto name or its weights' shapes."""
+    if name.startswith("depthwise_conv2d") or name.endswith("dw_conv") or name == "GDC_dw":
+        return "DepthwiseConv2D"
+    if len(arrays) in (2, 3, 4) and all(a.ndim == 1 for a in arrays):
+        return "BatchNormalization"
+    if len(arrays) == 1 and arrays[0].ndim == 3:
+        return "PReLU"
+    if arrays and arrays[0].ndim == 2:
+        return "Dense"
+    return "Conv2D"
+
+
+def _layers_from_weights_only(path: str, groups) -> Dict[str, _Layer]:
+    """Layers of a weights-only save (no config: no graph, so `inbound` stays empty)."""
+    layers = {}
+    for name, pairs in groups.items():
+        arrays = [array for _, array in pairs]
+        if arrays:
+            layers[name] = _Layer(name, _class_from_weights(name, arrays), {}, [], arrays)
+    if "GDC_dw" not in layers:
+        raise ConversionError(f"{path}: no GDC_dw weights: not a GhostFaceNets embedding model")
+    return layers
+
+
+# Official GhostNetV2 (kecam) layer names -> ours; V2 files carry these stable names.
+_V2_NAME_RULES = (
+    (r"^(stack\d+)_ghost_(\d)_short_1_(conv|bn)$", r"\1_ghost\2_dfc_\3"),
+    (r"^(stack\d+)_ghost_(\d)_short_2_dw_conv$", r"\1_ghost\2_dfc_h_dw"),
+    (r"^(stack\d+)_ghost_(\d)_short_2_bn$", r"\1_ghost\2_dfc_h_bn"),
+    (r"^(stack\d+)_ghost_(\d)_short_3_dw_conv$", r"\1_ghost\2_dfc_v_dw"),
+    (r"^(stack\d+)_ghost_(\d)_short_3_bn$", r"\1_ghost\2_dfc_v_bn"),
+    (r"^(stack\d+)_ghost_(\d)_(prim|cheap)_prelu$", r"\1_ghost\2_\3_act"),
+    (r"^(stack\d+)_ghost_(\d)_cheap_dw_conv$", r"\1_ghost\2_cheap_dw"),
+    (r"^(stack\d+)_ghost_(\d)_(prim_conv|prim_bn|cheap_bn)$", r"\1_ghost\2_\3"),
+    (r"^(stack\d+)_down_dw_conv$", r"\1_down_dw"),
+    (r"^(stack\d+)_se_1_conv$", r"\1_se_reduce"),
+    (r"^(stack\d+)_se_prelu$", r"\1_se_act"),
+    (r"^(stack\d+)_se_2_conv$", r"\1_se_expand"),
+    (r"^(stack\d+)_short_1_dw_conv$", r"\1_short_dw"),
+    (r"^(stack\d+)_short_1_bn$", r"\1_short_dw_bn"),
+    (r"^(stack\d+)_short_2_(conv|bn)$", r"\1_short_\2"),
+    (r"^stem_prelu$", "stem_act"),
+    (r"^pre_(conv|bn)$", r"final_\1"),
+    (r"^pre_prelu$", "final_act"),
+)
+# Order in which the official code creates the layers of one block (= the numbering of V1's auto names)
+_CREATION_PARTS = ("prim_conv", "prim_bn", "prim_act", "cheap_dw", "cheap_bn", "cheap_act", "dfc_conv", "dfc_bn",
+                   "dfc_h_dw", "dfc_h_bn", "dfc_v_dw", "dfc_v_bn", "down_dw", "down_bn", "se_reduce", "se_act",
+                   "se_expand", "short_dw", "short_dw_bn", "short_conv", "short_bn")
+
+
+def _our_name_for_v2(name: str) -> str:
+    for pattern, replacement in _V2_NAME_RULES:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    return name
+
+
+def _creation_key(our_name: str) -> Tuple[int, int, int]:
+    """Sort key reproducing the official creation order of our layer names."""
+    head = {"stem_conv": 0, "stem_bn": 1, "stem_act": 2, "final_conv": 0, "final_bn": 1, "final_act": 2,
+            "GDC_dw": 0, "GDC_batchnorm": 1, "GDC_conv": 2, "pre_embedding": 3}
+    if our_name.startswith("stem"):
+        return (0, 0, head[our_name])
+    if our_name.startswith("final"):
+        return (100, 0, head[our_name])
+    if our_name in head:
+        return (101, 0, head[our_name])
+    match = re.match(r"^stack(\d+)_(ghost(\d)_)?(.+)$", our_name)
+    stack, ghost, part = int(match.group(1)), int(match.group(3) or 0), match.group(4)
+    block_part = _CREATION_PARTS.index(part)
+    # ghost module 2 comes after down/se, before the shortcut
+    phase = 0 if ghost == 1 else (2 if ghost == 2 else (1 if part.startswith(("down", "se")) else 3))
+    return (stack, phase, block_part)
+
+
+def _auto_name_index(name: str) -> Tuple[int, int]:
+    match = re.match(r"^(.*?)(?:_(\d+))?$", name)
+    return (0 if match.group(2) is None else 1, int(match.group(2) or 0))
+
+
+def _pair_weights_only(path: str, layers: Dict[str, _Layer], model) -> List[Tuple[_Layer, str]]:
+    """Pair a weights-only file's layers with ours: by translated name (V2's stable names), else
+    per layer class in creation order (V1's auto names are numbered in creation order)."""
+    ours = {layer.name: layer for layer in model.layers if layer.weights}
+    translated = {_our_name_for_v2(name): layer for name, layer in layers.items()}
+    if set(translated) == set(ours):
+        return [(translated[name], name) for name in ours]
+    fixed = ("GDC_dw", "GDC_batchnorm", "GDC_conv", "pre_embedding")
+    pairs = [(layers[name], name) for name in fixed if name in layers]
+    for class_name in ("Conv2D", "DepthwiseConv2D", "BatchNormalization", "PReLU"):
+        theirs = sorted((layer for name, layer in layers.items() if layer.class_name == class_name
+                         and name not in fixed), key=lambda layer: _auto_name_index(layer.name))
+        mine = sorted((name for name, layer in ours.items() if type(layer).__name__ == class_name
+                       and name not in fixed), key=_creation_key)
+        if len(theirs) != len(mine):
+            raise ConversionError(f"{path}: {len(theirs)} {class_name} layers in the file, {len(mine)} in our "
+                                  "model: the architectures differ")
+        pairs.extend(zip(theirs, mine))
+    return pairs
+
+
+def _weighted_in_topological_order(layers: Dict[str, _Layer], outputs: Sequence[str]) -> List[_Layer]:
+    """Depth-first post-order from the outputs, inputs visited in argument order; weighted layers only."""
+    order: List[_Layer] = []
+    visited = set()
+    for output in outputs:
+        stack = [(output, False)]
+        while stack:
+            name, expanded = stack.pop()
+            if expanded:
+                layer = layers[name]
+                if layer.weights:
+                    order.append(layer)
+                continue
+            if name in visited or name not in layers:
+                continue
+            visited.add(name)
+            stack.append((name, True))
+            for parent in reversed(layers[name].inbound):
+                if parent not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+def _our_layers(model) -> Dict[str, _Layer]:
+    config = model.get_config()
+    by_name = {layer.name: layer for layer in model.layers}
+    result = {}
+    for entry in config["layers"]:
+        name = entry["name"]
+        result[name] = _Layer(name, entry["class_name"], entry["config"], _inbound_names(entry["inbound_nodes"]),
+                              [np.asarray(w) for w in by_name[name].get_weights()])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Inferring the variant
+# ----------------------------------------------------------------------------------------------
+
+def _first(layers: Dict[str, _Layer], class_name: str) -> Optional[_Layer]:
+    return next((layer for layer in layers.values() if layer.class_name == class_name), None)
+
+
+def inspect_official(path: str) -> OfficialVariant:
+    """Infer version, width, stem stride, GDC bias, BN scale and embedding size of an official file.
+
+    Example:
+        >>> inspect_official("GN_W0.5_S2_ArcFace_epoch16.h5").name    # doctest: +SKIP
+        'GhostFaceNetV1-0.5-2'
+    """
+    layers, outputs, attrs = _read_official(path)
+    return _infer_variant(path, layers, outputs, attrs)
+
+
+def _infer_variant(path, layers, outputs, attrs) -> OfficialVariant:
+    from ghostface_keras.blocks import make_divisible
+    from ghostface_keras.models.ghostfacenet import V1_LAST_EXPANSION, V2_LAST_EXPANSION
+
+    if "GDC_dw" not in layers or "GDC_conv" not in layers or "pre_embedding" not in layers:
+        raise ConversionError(f"{path}: no GDC head (GDC_dw / GDC_conv / pre_embedding layers): "
+                              "not a GhostFaceNets embedding model")
+    classes = {layer.class_name for layer in layers.values()}
+    version = 2 if ("AveragePooling2D" in classes or any(n.startswith("stack3_") for n in layers)) else 1
+    stem = _stem(path, layers, outputs)
+    stem_channels = stem.weights[0].shape[-1]
+    gdc_kernel = layers["GDC_dw"].weights[0].shape
+    final_channels = gdc_kernel[2]
+    last = V1_LAST_EXPANSION if version == 1 else V2_LAST_EXPANSION
+    widths = [w for w in CANDIDATE_WIDTHS
+              if make_divisible(16 * w) == stem_channels and make_divisible(last * w) == final_channels]
+    if not widths:
+        raise ConversionError(f"{path}: stem {stem_channels} / final {final_channels} channels fit no "
+                              f"GhostFaceNetV{version} width")
+    # weights-only saves have no config: a 112x112 input ends at 4x4 with stem stride 2, 7x7 with 1
+    strides = int(stem.config["strides"][0]) if "strides" in stem.config else (2 if gdc_kernel[0] <= 4 else 1)
+    gdc_conv = layers["GDC_conv"]
+    input_shape = _input_shape(layers)
+    bn = _first(layers, "BatchNormalization")
+    activation = "prelu" if "PReLU" in classes else "relu"
+    keras_major = str(attrs.get("keras_version", "2")).split(".")[0]
+    if version == 1:
+        se_gate = "hard_sigmoid_keras2" if keras_major == "2" else "hard_sigmoid"
+    else:
+        se_gate = "hard_sigmoid"
+    candidates = [OfficialVariant(
+        version=version, width=width, strides=strides, use_bias=len(gdc_conv.weights) > 1,
+        scale=len(layers["pre_embedding"].weights) == 4, embedding_size=int(gdc_conv.weights[0].shape[-1]),
+        input_shape=input_shape, activation=activation, se_gate=se_gate,
+        bn_momentum=float(bn.config.get("momentum", 0.9)), bn_epsilon=float(bn.config.get("epsilon", 1e-5)),
+    ) for width in _prefer_round(widths)]
+    return candidates[0] if len(candidates) == 1 else _first_matching(path, candidates, layers)
+
+
+def _stem(path, layers, outputs) -> _Layer:
+    if outputs:
+        order = _weighted_in_topological_order(layers, outputs)
+        stem = order[0] if order else None
+    elif "stem_conv" in layers:
+        stem = layers["stem_conv"]
+    else:
+        convs = [layer for layer in layers.values() if layer.class_name == "Conv2D" and layer.name != "GDC_conv"]
+        stem = min(convs, key=lambda layer: _auto_name_index(layer.name)) if convs else None
+    if stem is None or stem.class_name != "Conv2D":
+        raise ConversionError(f"{path}: cannot find the stem convolution")
+    return stem
+
+
+def _shape_signature(layers) -> List[Tuple[str, tuple]]:
+    return sorted((layer.class_name, tuple(w.shape for w in layer.weights)) for layer in layers if layer.weights)
+
+
+def _prefer_round(widths: Sequence[float]) -> List[float]:
+    """Equivalent widths build identical models; try the ones with the fewest decimals first."""
+    return sorted(widths, key=lambda w: (len(f"{w:g}"), abs(w - 1.0)))
+
+
+def _first_matching(path, candidates: List[OfficialVariant], layers: Dict[str, _Layer]) -> OfficialVariant:
+    import keras
+
+    wanted = _shape_signature(layers.values())
+    for candidate in candidates:
+        model = candidate.build(weight_decay=0.0)
+        ours = _shape_signature(_our_layers(model).values())
+        keras.backend.clear_session()
+        if ours == wanted:
+            return candidate
+    raise ConversionError(f"{path}: no width in {[c.width for c in candidates]} reproduces every weight shape")
+
+
+def _input_shape(layers: Dict[str, _Layer]) -> Tuple[int, int, int]:
+    for layer in layers.values():
+        if layer.class_name == "InputLayer":
+            shape = layer.config.get("batch_input_shape") or layer.config.get("batch_shape")
+            if shape and all(d is not None for d in shape[1:]):
+                return tuple(int(d) for d in shape[1:])
+    return (112, 112, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------
+
+def load_official(path: str, **overrides):
+    """Build our model for an official GhostFaceNets `.h5` file and copy its weights, exactly.
+
+    Accepts full-model saves (`model.save(path)`, the released checkpoints), saves of the training
+    model (embedding model plus a classification head, flat or nested: the head is dropped), and
+    weights-only saves (`save_weights`; they hold no graph, so layers pair by V2's stable names or,
+    for V1's automatic names, per layer class in creation order, and BatchNorm epsilon is taken as
+    the recipe's 1e-5 unless overridden with `bn_epsilon=`). The file
+    is read with h5py; nothing in it is executed. `overrides` pass to the builder (e.g.
+    `weight_decay=0`, `dropout=0.2` for fine-tuning); architecture-changing overrides fail the
+    shape checks with a `ConversionError`.
+
+    Raises:
+        ConversionError: naming the file and the first layer whose class or shape does not match.
+
+    Example:
+        >>> model = load_official("GN_W0.5_S2_ArcFace_epoch16.h5")    # doctest: +SKIP
+        >>> model.output_shape
+        (None, 512)
+    """
+    path = os.fspath(path)
+    layers, outputs, attrs = _read_official(path)
+    variant = _infer_variant(path, layers, outputs, attrs)
+    model = variant.build(**overrides)
+    if outputs:
+        official = _weighted_in_topological_order(layers, outputs)
+        ours = [layer.name for layer in _weighted_in_topological_order(_our_layers(model), ["embedding"])]
+        if len(official) != len(ours):
+            raise ConversionError(f"{path}: {len(official)} layers with weights in the file, {len(ours)} in "
+                                  f"{variant.name}: the architectures differ")
+        pairs = list(zip(official, ours))
+    else:
+        pairs = _pair_weights_only(path, layers, model)
+    for theirs, our_name in pairs:
+        mine = model.get_layer(our_name)
+        if theirs.class_name != type(mine).__name__:
+            raise ConversionError(f"{path}: layer {theirs.name!r} ({theirs.class_name}) pairs with our "
+                                  f"{our_name!r} ({type(mine).__name__}): the architectures differ")
+        shapes = [tuple(w.shape) for w in theirs.weights]
+        expected = [tuple(w.shape) for w in mine.weights]
+        if shapes != expected:
+            raise ConversionError(f"{path}: layer {theirs.name!r} has weight shapes {shapes}, our "
+                                  f"{our_name!r} expects {expected}")
+        mine.set_weights(theirs.weights)
+    log.info("converted %s as %s (%d layers with weights)", path, variant.name, len(pairs))
+    return model
+
+
+def convert_file(source: str, destination: str, check_batch: int = 4, seed: int = 0) -> Tuple[OfficialVariant, float]:
+    """Convert `source` (.h5) to `destination` (.keras) and reload it to check it computes the same
+    function; returns the inferred variant and the max abs difference of that self-check.
+
+    Example:
+        >>> variant, difference = convert_file("GN_W0.5_S2_ArcFace_epoch16.h5", "gn.keras")  # doctest: +SKIP
+    """
+    import keras
+
+    if not destination.endswith(".keras"):
+        raise ConversionError(f"{destination}: the output must be a .keras file")
+    model = load_official(source)
+    variant = _infer_variant(source, *_read_official(source))
+    directory = os.path.dirname(os.path.abspath(destination))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(destination)}.partial.keras")
+    model.save(temporary)
+    os.replace(temporary, destination)
+    reloaded = keras.models.load_model(destination, compile=False)
+    probe = np.random.default_rng(seed).uniform(-1, 1, size=(check_batch, *variant.input_shape)).astype("float32")
+    difference = float(np.max(np.abs(np.asarray(model(probe, training=False)) -
+                                     np.asarray(reloaded(probe, training=False)))))
+    return variant, difference
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`ghostface-convert IN.h5 OUT.keras`: convert an official checkpoint and self-check the result."""
+    parser = argparse.ArgumentParser(description="Convert an official GhostFaceNets Keras-2 .h5 file to a Keras 3 "
+                                                 ".keras model.")
+    parser.add_argument("source", help="official .h5 file (full-model save)")
+    parser.add_argument("destination", help="output .keras file")
+    args = parser.parse_args(argv)
+    try:
+        variant, difference = convert_file(args.source, args.destination)
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"variant: {variant.name} (use_bias={variant.use_bias}, scale={variant.scale}, "
+          f"embedding={variant.embedding_size}, se_gate={variant.se_gate}, bn_epsilon={variant.bn_epsilon:g})")
+    print(f"wrote {args.destination}; reload self-check max abs difference: {difference:.3g}")
+    return 0 if difference < 1e-5 else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
