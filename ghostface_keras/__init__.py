@@ -21,6 +21,8 @@ from ghostface_keras.blocks import hard_sigmoid_keras2, make_divisible
 from ghostface_keras.flops import count_flops
 from ghostface_keras.models import GhostFaceNetV1, GhostFaceNetV2, GhostNetV1, GhostNetV2, MMobileFaceNet, MobileFaceNet
 from ghostface_keras.registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+from ghostface_keras.convert import load_official
+from ghostface_keras.pretrained import PretrainedError, list_pretrained, load_pretrained
 
 __version__ = "0.1.0"
 

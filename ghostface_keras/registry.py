@@ -84,10 +84,10 @@ _V2_REPORTED = {
 # the only official builder that produces width 1.3, which always adds the bias (deepface's loader for
 # the W1.3-S1 release builds GDC_conv with a bias too); the W0.5 file has no bias (read from the file).
 _V1_RELEASES = {
-    (0.5, 2): ("GN_W0.5_S2_ArcFace_epoch16", False),
-    (1.0, 2): ("GN_W1_S2_ArcFace_epoch18", False),
-    (1.3, 2): ("GhostFaceNet_W1.3_S2_ArcFace", True),
-    (1.3, 1): ("GhostFaceNet_W1.3_S1_ArcFace", True),
+    (0.5, 2): ("GhostFaceNetV1-0.5-2-ArcFace-MS1MV2", False),
+    (1.0, 2): ("GhostFaceNetV1-1-2-ArcFace-MS1MV2", False),
+    (1.3, 2): ("GhostFaceNetV1-1.3-2-ArcFace-MS1MV3", True),
+    (1.3, 1): ("GhostFaceNetV1-1.3-1-ArcFace-MS1MV3", True),
 }
 
 
