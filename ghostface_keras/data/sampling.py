@@ -35,29 +35,37 @@ def _source(data) -> ImageSource:
     return scan_image_folder(path).to_source()
 
 
-def class_balanced_order(images_per_identity: int, seed: int | None):
-    """An `EpochOrder` of P x K chunks: each class's images shuffled, cut into chunks of K, chunks shuffled.
+def class_balanced_order(images_per_identity: int, identities_per_batch: int, seed: int | None):
+    """An `EpochOrder` of P x K batches: P distinct identities, K images each, redrawn every epoch.
+
+    Each class's images are shuffled and cut into chunks of K (the remainder waits for the next epoch's
+    reshuffle); every batch takes one chunk from each of P different classes, drawn in proportion to the
+    chunks the classes have left, so large classes are spread over the epoch. Chunks that cannot fill a
+    batch of P distinct identities are left out of this epoch.
 
     Example:
-        >>> order = class_balanced_order(2, seed=0)
-        >>> items = order(np.array([0, 0, 0, 1, 1, 2]), 0)
-        >>> sorted(items.reshape(-1, 2).tolist())  # two chunks: one of class 0, one of class 1
-        [[0, 2], [3, 4]]
+        >>> order = class_balanced_order(2, 2, seed=0)
+        >>> batch = order(np.array([0, 0, 0, 1, 1, 2]), 0)
+        >>> sorted((batch.reshape(-1, 2)[:, 0] // 3).tolist())  # a chunk of class 0 (items 0-2), one of class 1
+        [0, 1]
     """
 
     def order(labels: np.ndarray, epoch: int) -> np.ndarray:
         rng = np.random.default_rng(None if seed is None else (seed, epoch))
-        chunks = []
+        chunks: list[list[np.ndarray]] = []
         for label in np.unique(labels):
             members = rng.permutation(np.flatnonzero(labels == label))
             usable = len(members) // images_per_identity * images_per_identity
-            chunks.extend(members[:usable].reshape(-1, images_per_identity))
-        if not chunks:
-            return np.zeros(0, dtype=np.int64)
-        chunks = np.stack(chunks)
-        chunks = chunks[rng.permutation(len(chunks))]
-        # within one chunk keep the images sorted: the order inside a class does not matter, readability does
-        return np.sort(chunks, axis=1).reshape(-1)
+            if usable:
+                chunks.append(list(np.sort(members[:usable].reshape(-1, images_per_identity), axis=1)))
+        batches = []
+        remaining = np.array([len(class_chunks) for class_chunks in chunks], dtype=np.float64)
+        while np.count_nonzero(remaining) >= identities_per_batch:
+            picked = rng.choice(len(chunks), identities_per_batch, replace=False, p=remaining / remaining.sum())
+            for class_position in picked:
+                batches.append(chunks[class_position].pop())
+                remaining[class_position] -= 1
+        return np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
 
     return order
 
@@ -71,7 +79,7 @@ def class_balanced_dataset(
     seed: int | None = None,
     cache: bool | str = "auto",
 ) -> tf.data.Dataset:
-    """Batches of `batch_size // K` identities x `K = images_per_identity` images each (last partial batch dropped).
+    """Batches of P = `batch_size // K` distinct identities x K = `images_per_identity` images each.
 
     `data` is an identity folder, a RecordIO folder or `.rec` file, or an `ImageSource`.
 
@@ -85,10 +93,15 @@ def class_balanced_dataset(
     counts = np.bincount(source.labels)
     if not (counts >= images_per_identity).any():
         raise DataError(f"{source.name}: no identity has {images_per_identity} images (largest has {counts.max()})")
-    batch = batch_size // images_per_identity * images_per_identity
+    identities_per_batch = batch_size // images_per_identity
+    if (counts >= images_per_identity).sum() < identities_per_batch:
+        raise DataError(
+            f"{source.name}: a batch needs {identities_per_batch} identities with >= {images_per_identity} images, "
+            f"only {(counts >= images_per_identity).sum()} have that many"
+        )
     return build_dataset(
-        source, batch, image_size, augment, True, seed, cache, drop_remainder=True,
-        order=class_balanced_order(images_per_identity, seed),
+        source, identities_per_batch * images_per_identity, image_size, augment, True, seed, cache, drop_remainder=True,
+        order=class_balanced_order(images_per_identity, identities_per_batch, seed),
     )
 
 
