@@ -191,3 +191,13 @@ def test_model_code_uses_keras_only():
     package = Path(g.__file__).parent
     for path in [package / "blocks.py", *sorted((package / "models").glob("*.py"))]:
         assert "tensorflow" not in path.read_text(), path
+
+
+def test_readme_model_zoo_table_is_the_registry():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line.split("|")[1:-1] for line in readme.splitlines()
+            if line.startswith("| GhostFaceNet") or line.startswith("| GhostNet") or "MobileFaceNet |" in line[:20]]
+    table = {cells[0].strip(): int(cells[1].strip().replace(",", "")) for cells in rows if cells[1].strip()[0].isdigit()}
+    assert sorted(table) == sorted(g.list_models())
+    assert table["MobileFaceNet"] == g.MobileFaceNet().count_params()
+    assert table["GhostFaceNetV2-1.3-2"] == 6839104
