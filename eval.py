@@ -67,8 +67,8 @@ def _load_bin(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a readable verification .bin ({type(error).__name__}: {error})") from error
 
 
-def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, name_prefix: str = "") -> list[Any]:
-    """Verification results of each `.bin` (name = prefix + file stem).
+def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, names: Sequence[str] | None = None) -> list[Any]:
+    """Verification results of each `.bin` (named by `names`, or else by file stem).
 
     Example:
         >>> evaluate_bins(EmbeddingFunction("m.keras"), ["lfw.bin"], progress=False)[0].accuracy
@@ -76,13 +76,14 @@ def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, name_prefix: 
     from ghostface_keras.evaluation import extract_embeddings, pair_scores, verification_metrics
 
     results = []
-    for path in bins:
+    for index, path in enumerate(bins):
         images, issame = _load_bin(path)
         if len(images) != 2 * len(issame):
             raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs (expected 2 per pair)")
         logger.info("%s: %d pairs", path, len(issame))
         embeddings = extract_embeddings(embed, images, progress=progress)
-        results.append(verification_metrics(pair_scores(embeddings), issame, name=name_prefix + Path(path).stem))
+        name = names[index] if names else Path(path).stem
+        results.append(verification_metrics(pair_scores(embeddings), issame, name=name))
     return results
 
 
@@ -105,7 +106,8 @@ def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
     extra: dict[str, Any] = {}
     if args.rfw:
         group_bins = find_rfw_bins(args.rfw)
-        group_results = evaluate_bins(embed, list(group_bins.values()), progress, name_prefix="RFW-")
+        group_results = evaluate_bins(embed, [str(path) for path in group_bins.values()], progress,
+                                      names=[f"RFW-{group}" for group in group_bins])
         results.extend(group_results)
         extra["bias"] = rfw_summary({group: result.accuracy for group, result in zip(group_bins, group_results)})
     if args.ijb:

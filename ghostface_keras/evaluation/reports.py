@@ -186,10 +186,10 @@ def plot_tar_at_far(records: Sequence[dict[str, Any]], path: str | os.PathLike) 
         values = [(record.get("tar_at_far") or {}).get(far, np.nan) for record in records]
         axis.bar(positions + offset * width, values, width, label=f"FAR={far}")
     axis.set_xticks(positions + width * (len(fars) - 1) / 2)
-    axis.set_xticklabels([record["name"] for record in records], rotation=20, ha="right")
+    axis.set_xticklabels([record["name"] for record in records], rotation=20, ha="right", rotation_mode="anchor")
     axis.set_ylabel("TAR")
     axis.set_ylim(0.0, 1.05)
-    axis.legend(fontsize="small", ncol=min(len(fars), 3))
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axis.set_title("TAR at FAR")
     try:
         return _save_figure(figure, Path(path))
