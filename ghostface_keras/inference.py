@@ -56,11 +56,11 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
 # For models without a measured threshold (your own training runs, other registry variants): the
 # usual operating point of ArcFace-trained 512-d models. Measure your own with `eval.py`.
 FALLBACK_THRESHOLD = 0.30
-# Official release file names -> registry names, so a released checkpoint gets its own threshold.
+# Official release file names / checkpoint names -> registry names, so a released checkpoint gets
+# its model's threshold (completed from `ghostface_keras.pretrained` when it is importable).
 CHECKPOINT_ALIASES: dict[str, str] = {
     "GN_W0.5_S2_ArcFace_epoch16": "GhostFaceNetV1-0.5-2",
-    "GN_W1_S2_ArcFace_epoch18": "GhostFaceNetV1-1-2",
-    "GhostFaceNet_W1.3_S1_ArcFace": "GhostFaceNetV1-1.3-1",
+    "GhostFaceNetV1-0.5-2-ArcFace-MS1MV2": "GhostFaceNetV1-0.5-2",
 }
 
 
@@ -158,7 +158,8 @@ def _dequantize(output: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
 
 
 def load_embedding_runner(model_or_path: Any) -> KerasRunner | TFLiteRunner:
-    """A Keras model, a `.keras` / `.h5` file (ours or an official release) or a `.tflite` file -> runner.
+    """A Keras model, a `.keras` / `.h5` file (ours or an official release), a `.tflite` file, or the
+    name of a released checkpoint (`ghostface_keras.pretrained`, downloaded once) -> runner.
 
     Example:
         >>> runner = load_embedding_runner("model.tflite")
@@ -172,6 +173,8 @@ def load_embedding_runner(model_or_path: Any) -> KerasRunner | TFLiteRunner:
             raise GhostFaceError(f"model must be a Keras model or a file path, got {type(model_or_path).__name__}")
         return KerasRunner(model_or_path)
     path = Path(model_or_path)
+    if not path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES and len(path.parts) == 1:
+        return _pretrained_runner(str(model_or_path))
     if not path.is_file():
         raise DataError(f"{path}: model file not found (expected a .keras, .h5 or .tflite file)")
     suffix = path.suffix.lower()
@@ -182,6 +185,19 @@ def load_embedding_runner(model_or_path: Any) -> KerasRunner | TFLiteRunner:
         runner.name = path.stem
         return runner
     raise DataError(f"{path}: unsupported model file type {suffix!r} (expected .keras, .h5 or .tflite)")
+
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite")
+
+
+def _pretrained_runner(name: str) -> KerasRunner:
+    # a bare name such as "GhostFaceNetV1-0.5-2": the released weights, downloaded once and cached
+    from ghostface_keras.pretrained import get_checkpoint, load_pretrained
+
+    checkpoint = get_checkpoint(name)  # ModelNameError (a GhostFaceError) lists the known names
+    runner = KerasRunner(load_pretrained(checkpoint.name))
+    runner.name = checkpoint.model
+    return runner
 
 
 def _load_keras_file(path: Path) -> Any:
@@ -216,11 +232,26 @@ def default_threshold(model_name: str | None) -> float:
         >>> default_threshold("GN_W0.5_S2_ArcFace_epoch16")
         0.21
     """
-    name = CHECKPOINT_ALIASES.get(model_name or "", model_name or "")
+    name = _known_aliases().get(model_name or "", model_name or "")
     if name in DEFAULT_THRESHOLDS:
         return DEFAULT_THRESHOLDS[name]
     logger.info("no measured threshold for model %r; using the fallback %.2f", model_name, FALLBACK_THRESHOLD)
     return FALLBACK_THRESHOLD
+
+
+def _known_aliases() -> dict[str, str]:
+    aliases = dict(CHECKPOINT_ALIASES)
+    try:
+        from ghostface_keras.pretrained import CHECKPOINTS
+    except ImportError:
+        return aliases
+    stems = [Path(checkpoint.filename).stem for checkpoint in CHECKPOINTS.values()]
+    for checkpoint in CHECKPOINTS.values():
+        aliases.setdefault(checkpoint.name, checkpoint.model)
+        stem = Path(checkpoint.filename).stem
+        if stems.count(stem) == 1:  # "epoch17.h5" names two different checkpoints: no alias
+            aliases.setdefault(stem, checkpoint.model)
+    return aliases
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,7 +533,8 @@ def _build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--top-k", type=int, default=5)
     identify.add_argument("--save-gallery", help="also save the gallery embeddings to this .npz for reuse")
     for command in (verify, embed, identify):
-        command.add_argument("--model", "-m", required=True, help=".keras, .h5 (ours or official) or .tflite")
+        command.add_argument("--model", "-m", required=True, help=".keras, .h5 (ours or official), .tflite, or a "
+                             "released checkpoint name such as GhostFaceNetV1-0.5-2")
         command.add_argument("--detector", default="mtcnn", help="'mtcnn' (default) or 'none' for aligned crops")
         command.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
         command.add_argument("--model-name", help="registry name used to pick the default threshold")
