@@ -35,6 +35,9 @@ setup(
         "console_scripts": [
             "ghostface-zoo=ghostface_keras.registry:main",
             "ghostface-convert=ghostface_keras.convert:main",
+            "ghostface=ghostface_keras.inference:main",
+            "ghostface-export=ghostface_keras.export:main",
+            "ghostface-eval=eval:main",
         ],
     },
 )

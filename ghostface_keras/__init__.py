@@ -28,3 +28,8 @@ __version__ = "0.1.0"
 
 # Public API of the other modules is added below, one import line per module.
 from ghostface_keras.data import image_folder_dataset, load_bin, recordio_dataset, save_bin, synthetic_faces
+from ghostface_keras.align import MTCNNDetector, align_face, align_folder, estimate_similarity_transform, load_rgb_image
+from ghostface_keras.inference import FaceEmbedder, Gallery
+from ghostface_keras.export import check_parity, export_onnx, export_saved_model, export_tflite
+from ghostface_keras.evaluation import evaluate_ijb, evaluate_verification, extract_embeddings, verification_metrics
+from ghostface_keras.errors import ModelLoadError
