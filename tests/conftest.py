@@ -43,3 +43,12 @@ def data_dir(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def released(data_dir: Path) -> Path:
+    """The officially released GhostFaceNetV1-0.5-2 checkpoint (`GN_W0.5_S2_ArcFace_epoch16.h5`)."""
+    path = data_dir / "ghostfacenets_pretrained" / "GN_W0.5_S2_ArcFace_epoch16.h5"
+    if not path.exists():
+        pytest.skip(f"{path} is not available")
+    return path

@@ -23,13 +23,6 @@ def _relative_error(got, want) -> float:
     return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
 
 
-@pytest.fixture(scope="module")
-def released(data_dir: Path) -> Path:
-    path = data_dir / "ghostfacenets_pretrained" / "GN_W0.5_S2_ArcFace_epoch16.h5"
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
-    return path
-
 
 @pytest.mark.parametrize("variant", FIXTURES_WITH_WEIGHTS)
 def test_fixture_reproduces_official_embeddings(variant, reference_dir: Path):

@@ -31,13 +31,6 @@ def test_model_names_pick_the_default_checkpoint():
         get_checkpoint("GhostFaceNetV2-1.3-2")
 
 
-@pytest.fixture()
-def released(data_dir: Path) -> Path:
-    path = data_dir / "ghostfacenets_pretrained" / "GN_W0.5_S2_ArcFace_epoch16.h5"
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
-    return path
-
 
 def test_load_pretrained_from_file_url_checks_hash_converts_and_caches(released, reference_dir, tmp_path):
     checkpoint = get_checkpoint("GhostFaceNetV1-0.5-2")
