@@ -11,12 +11,15 @@ accurate integer DCT, the same pixels `tf.io.decode_jpeg(..., dct_method="INTEGE
 from __future__ import annotations
 
 import io
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
 
 # Decompression-bomb guard: no face crop needs more than 64 megapixels.
 Image.MAX_IMAGE_PIXELS = 64_000_000
@@ -104,7 +107,7 @@ def _progress(count: int, label: str | None):
         return None
     import keras
 
-    print(label)
+    logger.info(label)
     return keras.utils.Progbar(count, unit_name="image")
 
 

@@ -102,8 +102,10 @@ def build_dataset(
     (the samplers in `sampling.py` use it for class-balanced and partial-class batches).
 
     Example:
-        >>> source = ImageSource("demo", np.zeros(1, np.int32), ["a"], lambda i: png_bytes, str)
-        >>> images, labels = next(iter(build_dataset(source, batch_size=1)))  # doctest: +SKIP
+        >>> files = ["a.jpg", "b.jpg"]                                                   # doctest: +SKIP
+        >>> source = ImageSource("mine", np.array([0, 1]), ["alice", "bob"],
+        ...                      lambda i: open(files[i], "rb").read(), files.__getitem__)  # doctest: +SKIP
+        >>> images, labels = next(iter(build_dataset(source, batch_size=2)))               # doctest: +SKIP
     """
     if batch_size < 1:
         raise DataError(f"{source.name}: batch_size must be >= 1, got {batch_size}")
@@ -191,8 +193,16 @@ def _decoded_on_the_fly(source, batch_size, image_size, shuffle, seed, drop_rema
         return image, label, ok
 
     dataset = _item_order(labels, shuffle, seed, order, 1_000_000).map(load_item, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.filter(lambda image, label, ok: ok).map(lambda image, label, ok: (image, label))
+    dataset = dataset.filter(_is_decoded).map(_drop_flag)
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _is_decoded(image, label, ok):
+    return ok
+
+
+def _drop_flag(image, label, ok):
+    return image, label
 
 
 def _finish(dataset, augment, image_size, seed, normalize):
