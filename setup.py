@@ -34,6 +34,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ghostface-zoo=ghostface_keras.registry:main",
+            "ghostface-train=train:main",
             "ghostface-convert=ghostface_keras.convert:main",
             "ghostface=ghostface_keras.inference:main",
             "ghostface-export=ghostface_keras.export:main",

@@ -33,3 +33,8 @@ from ghostface_keras.inference import FaceEmbedder, Gallery
 from ghostface_keras.export import check_parity, export_onnx, export_saved_model, export_tflite
 from ghostface_keras.evaluation import evaluate_ijb, evaluate_verification, extract_embeddings, verification_metrics
 from ghostface_keras.errors import ModelLoadError
+from ghostface_keras.heads import NormDense
+from ghostface_keras.losses import AdaFace, ArcFace, CombinedMargin, CosFace, MagFace, get_margin_loss
+from ghostface_keras.optimizers import SAMModel, build_optimizer
+from ghostface_keras.callbacks import CosineRestarts, ExponentialEpochDecay, StepDecay, VerificationCallback
+from ghostface_keras.training import Stage, Trainer, make_strategy

@@ -353,8 +353,10 @@ class HistoryWriter(keras.callbacks.Callback):
 
     def __init__(self, path: str | os.PathLike, clock: EpochClock | None = None,
                  lr_callback: LearningRateCallback | None = None,
-                 verification: VerificationCallback | None = None, plot: bool = True):
+                 verification: VerificationCallback | None = None, plot: bool = True,
+                 guard: NaNGuard | None = None):
         super().__init__()
+        self.guard = guard
         self.path, self.clock, self.lr_callback = Path(path), clock, lr_callback
         self.verification, self.plot = verification, plot
         self.records: list[dict] = load_history(self.path)
@@ -369,6 +371,8 @@ class HistoryWriter(keras.callbacks.Callback):
         return float(ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.guard is not None and self.guard.tripped:
+            return  # a diverged epoch is not recorded: training resumes from the last good one
         logs = logs or {}
         record = {"epoch": epoch + 1, "lr": self._current_lr()}
         record.update({key: float(value) for key, value in logs.items()

@@ -264,7 +264,7 @@ class Trainer:
             verification = VerificationCallback(self.embedding_model, self.pair_sets, self.eval_every,
                                                 best_path=str(self.output_dir / BEST_FILE))
             verification.best = self.progress.best
-        history = HistoryWriter(self.output_dir / HISTORY_FILE, clock, lr_callback, verification)
+        history = HistoryWriter(self.output_dir / HISTORY_FILE, clock, lr_callback, verification, guard=self.guard)
         history.keep_until(self.progress.epoch)
         self._verification = verification
 
@@ -298,7 +298,7 @@ class Trainer:
         logger.info("stage %d: epochs %d-%d, loss %s", index + 1, self.progress.epoch + 1, stage_end,
                     stage.loss.__class__.__name__)
         self.model.fit(self.train_data, epochs=stage_end, initial_epoch=self.progress.epoch,
-                       steps_per_epoch=self.steps_per_epoch, verbose=self.verbose,
+                       steps_per_epoch=self.steps_per_epoch, verbose=self.verbose, shuffle=False,
                        callbacks=self._callbacks(verification, history, clock, lr_callback, index))
 
     _pending_optimizer_state: list | None = None

@@ -1,0 +1,269 @@
+"""Schedules, SAM, the staged Trainer (history, resume, NaN guard) on tiny models, against independent math."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ghostface_keras.callbacks import (
+    CosineRestarts,
+    ExponentialEpochDecay,
+    StepDecay,
+    load_history,
+    ten_fold_verification,
+)
+from ghostface_keras.errors import GhostFaceError
+from ghostface_keras.losses import ArcFace, MagFace
+from ghostface_keras.optimizers import SAMModel
+from ghostface_keras.training import Stage, Trainer
+
+CLASSES, IMAGES, SIDE = 4, 64, 12
+
+
+# ------------------------------------------------------------------------------------------- schedules
+def test_cosine_restarts_without_cooldown_equals_keras_cosine_decay_restarts():
+    spe = 7
+    ours = CosineRestarts(0.1, first_restart_epochs=3, steps_per_epoch=spe, m_mul=0.5, lr_min=1e-3,
+                          cooldown_epochs=0)
+    keras_schedule = keras.optimizers.schedules.CosineDecayRestarts(0.1, 3 * spe, t_mul=2.0, m_mul=0.5, alpha=1e-2)
+    for step in range(0, 21 * spe, 5):
+        assert float(ours(step)) == pytest.approx(float(keras_schedule(step)), rel=1e-4, abs=1e-7)
+
+
+def test_cosine_restarts_reproduces_the_official_recipe_per_epoch():
+    spe = 50
+    schedule = CosineRestarts(0.1, first_restart_epochs=45, steps_per_epoch=spe, m_mul=0.5, lr_min=1e-5)
+
+    def official(epoch):  # closed form of the inventory's description, evaluated at each epoch's first batch
+        if epoch < 45:
+            return 1e-5 + (0.1 - 1e-5) * 0.5 * (1 + math.cos(math.pi * epoch / 45))
+        if epoch == 45:
+            return 1e-5
+        return 1e-5 + (0.1 - 1e-5) * 0.5 * 0.5 * (1 + math.cos(math.pi * (epoch - 46) / 90))
+
+    for epoch in range(0, 51):
+        assert float(schedule(epoch * spe)) == pytest.approx(official(epoch), rel=1e-4)
+    assert float(schedule(44 * spe)) == pytest.approx(1.3e-4, rel=0.05)
+    assert float(schedule(46 * spe)) == pytest.approx(0.05, rel=1e-3)
+
+
+def test_cosine_warmup_is_linear_from_lr_min():
+    schedule = CosineRestarts(0.1, first_restart_epochs=10, steps_per_epoch=10, lr_min=1e-4, warmup_epochs=2)
+    assert float(schedule(0)) == pytest.approx(1e-4)
+    assert float(schedule(10)) == pytest.approx(1e-4 + (0.1 - 1e-4) / 2, rel=1e-5)
+    assert float(schedule(20)) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_exponential_and_step_schedules_match_closed_forms():
+    exponential = ExponentialEpochDecay(0.1, gamma=0.998, steps_per_epoch=10, lr_min=1e-6)
+    for step in (0, 9, 10, 555, 10000):
+        assert float(exponential(step)) == pytest.approx(max(0.1 * 0.998 ** (step // 10), 1e-6), rel=1e-4)
+    step_decay = StepDecay(0.1, boundaries=[3, 5], rate=0.1, steps_per_epoch=4)
+    for step in range(0, 32):
+        epoch = step // 4
+        assert float(step_decay(step)) == pytest.approx(0.1 * 0.1 ** ((epoch >= 3) + (epoch >= 5)), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- SAM
+def test_sam_step_matches_numpy_for_linear_least_squares():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")
+    w0 = rng.normal(size=(3, 1)).astype("float32")
+    inputs = keras.Input((3,))
+    model = SAMModel(inputs, keras.layers.Dense(1, use_bias=False)(inputs), rho=0.05)
+    model.layers[-1].kernel.assign(w0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+
+    def gradient(w):  # d/dw mean((xw - y)^2)
+        return 2 * x.T @ (x @ w - y) / len(x)
+
+    g = gradient(w0.astype(np.float64))
+    expected = w0 - 0.1 * gradient(w0 + 0.05 * g / np.linalg.norm(g))
+    np.testing.assert_allclose(model.layers[-1].kernel.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- Trainer
+def _data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(IMAGES) % CLASSES
+    images = rng.normal(size=(IMAGES, SIDE, SIDE, 3)).astype("float32") * 0.5
+    images[..., 0] += labels[:, None, None] * 0.5
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+
+
+def _embedding_model(seed: int = 0, batch_norm: bool = True):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIDE, SIDE, 3))
+    hidden = keras.layers.Conv2D(6, 3, activation="relu")(inputs)
+    if batch_norm:
+        hidden = keras.layers.BatchNormalization()(hidden)
+    hidden = keras.layers.GlobalAveragePooling2D()(hidden)
+    return keras.Model(inputs, keras.layers.Dense(8)(hidden))
+
+
+def _stages():
+    return [Stage(1, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9)),
+            Stage(3, ArcFace(scale=32, margin=0.2))]
+
+
+def _trainer(path, seed=0):
+    schedule = CosineRestarts(0.05, first_restart_epochs=2, steps_per_epoch=4, lr_min=1e-3)
+    return Trainer(_embedding_model(seed), _data(), CLASSES, path, schedule=schedule, verbose=0)
+
+
+def test_trainer_writes_history_models_and_state(tmp_path):
+    records = _trainer(tmp_path).fit(_stages())
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "history.json").read_text()) == records
+    expected_lr = [float(CosineRestarts(0.05, 2, 4, lr_min=1e-3)(e * 4)) for e in range(4)]
+    np.testing.assert_allclose([r["lr"] for r in records], expected_lr, rtol=1e-5)
+    assert all(np.isfinite(r["loss"]) and r["seconds"] > 0 for r in records)
+    for name in ("model.keras", "history.png", "training_state.npz"):
+        assert (tmp_path / name).stat().st_size > 0
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.output_shape == (None, 8)
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    straight = _trainer(tmp_path / "straight")
+    straight.fit(_stages())
+
+    first = _trainer(tmp_path / "split")
+    short = [_stages()[0], Stage(1, ArcFace(scale=32, margin=0.2))]  # stop after epoch 2 of 4
+    first.fit(short)
+    resumed = _trainer(tmp_path / "split", seed=123)  # different initial weights: the state must override them
+    records = resumed.fit(_stages(), resume=True)
+
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    straight_records = load_history(tmp_path / "straight" / "history.json")
+    np.testing.assert_allclose([r["lr"] for r in records], [r["lr"] for r in straight_records], rtol=1e-6)
+    for a, b in zip(straight.embedding_model.weights + straight.head.weights,
+                    resumed.embedding_model.weights + resumed.head.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+class _NaNAfterFirstEpochLoss(keras.losses.Loss):
+    def call(self, y_true, y_pred):
+        return keras.ops.mean(y_pred, axis=1) * np.nan
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_state(tmp_path):
+    trainer = _trainer(tmp_path)
+    good = trainer.embedding_model.get_weights()
+    stages = [Stage(1, ArcFace(scale=16), keras.optimizers.SGD(0.05)), Stage(2, _NaNAfterFirstEpochLoss())]
+    with pytest.raises(GhostFaceError, match="NaN"):
+        trainer.fit(stages)
+    assert [r["epoch"] for r in load_history(tmp_path / "history.json")] == [1]
+    with np.load(tmp_path / "training_state.npz") as state:
+        assert json.loads(str(state["meta"]))["epoch"] == 1
+    weights = trainer.embedding_model.get_weights()
+    assert all(np.all(np.isfinite(w)) for w in weights)
+    assert any(not np.allclose(a, b) for a, b in zip(good, weights))  # epoch 1 did train
+
+
+@pytest.mark.parametrize("stage", [
+    Stage(6, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9), sam_rho=0.05),
+    Stage(6, MagFace(scale=16), keras.optimizers.SGD(0.05, momentum=0.9)),
+], ids=["sam", "magface"])
+def test_sam_and_magface_train_without_nan_and_lower_the_loss(tmp_path, stage):
+    records = Trainer(_embedding_model(), _data(), CLASSES, tmp_path, verbose=0).fit([stage])
+    losses = [r["loss"] for r in records]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+
+
+def test_freeze_backbone_stage_changes_only_the_head(tmp_path):
+    trainer = Trainer(_embedding_model(), _data(), CLASSES, tmp_path, verbose=0)
+    before = [w.copy() for w in trainer.embedding_model.get_weights()]
+    head_before = trainer.head.kernel.numpy().copy()
+    trainer.fit([Stage(1, ArcFace(scale=16), keras.optimizers.SGD(0.1), freeze_backbone=True)])
+    for a, b in zip(before, trainer.embedding_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(head_before, trainer.head.kernel.numpy())
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(GhostFaceError, match="not writable"):
+        Trainer(_embedding_model(), _data(), CLASSES, blocker / "run", verbose=0)
+
+
+# ------------------------------------------------------------------------------------------- verification
+def test_ten_fold_verification_matches_brute_force_on_separable_and_noisy_pairs():
+    rng = np.random.default_rng(3)
+    issame = np.arange(200) % 2 == 0
+    base = rng.normal(size=(200, 16))
+    partner = np.where(issame[:, None], base + rng.normal(size=(200, 16)) * 0.9, rng.normal(size=(200, 16)))
+    embeddings = np.stack([base, partner], axis=1).reshape(400, 16)
+    accuracy, _ = ten_fold_verification(embeddings, issame)
+    cos = np.sum(base * partner, 1) / np.linalg.norm(base, axis=1) / np.linalg.norm(partner, axis=1)
+    folds = np.array_split(np.arange(200), 10)
+    expected = []
+    for test in folds:
+        train = np.setdiff1d(np.arange(200), test)
+        grid = np.concatenate([[-1.0], np.sort(cos), [1.0]])
+        best = grid[np.argmax([np.mean((cos[train] >= t) == issame[train]) for t in grid])]
+        expected.append(np.mean((cos[test] >= best) == issame[test]))
+    assert accuracy == pytest.approx(np.mean(expected))
+    assert 0.6 < accuracy < 1.0
+
+
+# ------------------------------------------------------------------------------------------- distribution
+_MIRRORED_SCRIPT = r"""
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from ghostface_keras.losses import ArcFace
+from ghostface_keras.training import Stage, Trainer, make_strategy
+
+devices = int(sys.argv[1])
+strategy = make_strategy(devices)
+rng = np.random.default_rng(0)
+images = rng.normal(size=(16, 12, 12, 3)).astype("float32")
+labels = np.arange(16) % 4
+data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)  # one global batch of 16
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    hidden = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(8)(hidden))
+    trainer = Trainer(model, data, 4, sys.argv[2], strategy=strategy, verbose=0)
+    stage = Stage(1, ArcFace(scale=16, margin=0.3), keras.optimizers.SGD(0.5), sam_rho=float(sys.argv[3]))
+records = trainer.fit([stage])
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": records[0]["loss"],
+                  "weights": [w.tolist() for w in model.get_weights()]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rho", [0.0, 0.05], ids=["sgd", "sam"])
+def test_two_device_mirrored_first_step_equals_one_device(tmp_path, rho):
+    """Same global batch on 1 and on 2 logical CPU devices: same loss, same updated weights (no BatchNorm)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(_MIRRORED_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), TF_CPP_MIN_LOG_LEVEL="3")
+    results = {}
+    for devices in (1, 2):
+        done = subprocess.run([sys.executable, str(script), str(devices), str(tmp_path / f"run{devices}"), str(rho)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results[2]["replicas"] == 2
+    assert results[2]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+    for one, two in zip(results[1]["weights"], results[2]["weights"]):
+        if rho == 0.0:  # SAM perturbs each replica with its own gradient (m-sharpness): close, not equal
+            np.testing.assert_allclose(np.array(two), np.array(one), rtol=1e-4, atol=1e-6)
