@@ -1,7 +1,8 @@
 """Synthetic, procedurally drawn face-like identities, for demos and for tests that need many people fast.
 
 These are NOT real faces. Each identity is a fixed set of geometry and colour parameters (face shape
-and skin tone, hair colour and line, eye spacing/size/colour, brows, nose, mouth, moles), drawn from
+and skin tone, hair colour and line, eye spacing/size/colour, brows, nose, mouth, moles, and the
+discrete traits beard and glasses), drawn from
 `numpy.random.default_rng((seed, identity))`, so identity k is the same person in every call and
 disjoint identity ranges give disjoint people (train on 0..N-1, verify on N..N+M-1). Every image of an
 identity adds nuisance: in-plane rotation (+-12 deg), scale (0.9-1.1), shift (+-5 px), expression
@@ -48,6 +49,9 @@ def _identity_parameters(seed: int, identity: int) -> dict:
         "mouth_h": rng.uniform(0.02, 0.06),
         "lips": np.clip(skin * rng.uniform(0.45, 0.85) + rng.uniform([0, -30, -30], [80, 10, 10]), 0, 255),
         "moles": rng.uniform([-0.5, -0.4, 0.02], [0.5, 0.6, 0.045], (rng.integers(0, 4), 3)),
+        # discrete traits multiply the number of clearly different people
+        "beard": rng.uniform(0.05, 0.3) if rng.random() < 0.35 else None,  # its top, below the mouth line
+        "glasses": (rng.uniform(0, 255, 3) * rng.uniform(0.1, 0.8), rng.uniform(0.012, 0.03)) if rng.random() < 0.35 else None,
     }
 
 
@@ -109,7 +113,17 @@ def render_face(params: dict, rng: np.random.Generator, image_size: int = 112) -
     smile = rng.uniform(-0.6, 1.0) * p["mouth_w"]
     mouth_centre = p["mouth_y"] - smile * (1 - (u / p["mouth_w"]) ** 2) * 0.35
     mouth = np.maximum(np.abs(v - mouth_centre) - p["mouth_h"], np.abs(u) - p["mouth_w"])
+    if p["beard"] is not None:
+        beard = np.maximum(face, mouth_centre - p["beard"] + 0.5 * p["mouth_h"] - v + 0.25 * np.abs(u))
+        _paint(canvas, 0.85 * _soft(beard, pixel), p["hair"] * 0.9)
     _paint(canvas, _soft(mouth, pixel), p["lips"])
+    if p["glasses"] is not None:
+        frame_colour, thickness = p["glasses"]
+        for side in (-1, 1):
+            ring = np.abs(_ellipse(u, v, side * p["eye_dx"], p["eye_y"], p["eye_rx"] * 1.5, p["eye_rx"] * 1.2)) - thickness
+            _paint(canvas, _soft(ring, pixel), frame_colour)
+        bridge = np.maximum(np.abs(v - p["eye_y"] + 0.02) - thickness, np.abs(u) - (p["eye_dx"] - p["eye_rx"] * 1.5))
+        _paint(canvas, _soft(bridge, pixel), frame_colour)
     for mole_u, mole_v, radius in p["moles"]:
         _paint(canvas, _soft(_ellipse(u, v, mole_u, mole_v, radius, radius), pixel) * (face < 0), (60, 40, 30))
 
