@@ -7,7 +7,8 @@ table and writes results.json/.csv/.md and ROC / TAR@FAR plots into --output.
 Example:
     python eval.py --model checkpoints/model.keras --bins lfw.bin cfp_fp.bin agedb_30.bin --output results/
     python eval.py --model model.tflite --ijb /data/IJB_release --ijb-subset IJBB --ijb-1n --output results/
-    python eval.py --model model.keras --rfw /data/rfw_bins --folder /data/tinyface_folders --output results/
+    python eval.py --model model.keras --rfw /data/rfw_bins --folder /data/celeba_val --output results/
+    python eval.py --model model.keras --gallery tf/gallery --probes tf/probe --distractors tf/distractor --output r/
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rfw", metavar="DIR", help="folder with one .bin per RFW group (African, Asian, ...)")
     parser.add_argument("--folder", metavar="DIR", action="append", default=[],
                         help="folder of identity sub-folders of aligned faces (rank-k + all-pairs ROC); repeatable")
+    parser.add_argument("--gallery", metavar="DIR", help="identity folders of gallery images (TinyFace-style rank-k)")
+    parser.add_argument("--probes", metavar="DIR", help="identity folders of probe images (with --gallery)")
+    parser.add_argument("--distractors", metavar="DIR", help="extra gallery images no probe matches (with --gallery)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="flip test-time augmentation (default on, the official convention)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -94,10 +98,12 @@ def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
         >>> results, extra = run(build_parser().parse_args([...]))
     """
     from ghostface_keras.evaluation import EmbeddingFunction, evaluate_ijb, find_rfw_bins, rfw_summary
-    from ghostface_keras.evaluation.identification import evaluate_folder
+    from ghostface_keras.evaluation.identification import evaluate_folder, evaluate_gallery_probe
 
-    if not (args.bins or args.ijb or args.rfw or args.folder):
-        raise DataError("nothing to evaluate: give --bins, --ijb, --rfw and/or --folder")
+    if not (args.bins or args.ijb or args.rfw or args.folder or args.gallery or args.probes):
+        raise DataError("nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes")
+    if bool(args.gallery) != bool(args.probes):
+        raise DataError("--gallery and --probes go together")
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
     progress = not args.quiet
@@ -121,6 +127,9 @@ def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
         identification, verification = evaluate_folder(embed, folder, ranks=(1, 5, 10), progress=progress)
         identifications.append(identification)
         results.append(verification)
+    if args.gallery:
+        identifications.append(evaluate_gallery_probe(embed, args.gallery, args.probes, args.distractors,
+                                                      progress=progress))
     if identifications:
         extra["identification"] = identifications
     return results, extra

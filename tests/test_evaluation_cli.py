@@ -103,6 +103,7 @@ def test_eval_cli_rfw_and_folder(tiny_model_path, tmp_path):
             Image.fromarray(images[2 * pair + slot]).save(folder / f"id{pair}" / f"{slot}.png")
     output = tmp_path / "out"
     status = eval_cli.main(["--model", str(tiny_model_path), "--rfw", str(rfw), "--folder", str(folder),
+                            "--gallery", str(folder), "--probes", str(folder),
                             "--output", str(output), "--quiet", "--no-flip", "--no-plots"])
     assert status == 0
     records = json.loads((output / "results.json").read_text())
@@ -114,6 +115,7 @@ def test_eval_cli_rfw_and_folder(tiny_model_path, tmp_path):
     assert bias["ser"] == pytest.approx((1 - min(accuracies)) / (1 - max(accuracies)))
     identification = json.loads((output / "identification.json").read_text())
     assert identification[0]["probes"] == 6 and 0.0 <= identification[0]["rank_1"] <= 1.0
+    assert identification[1]["rank_1"] == 1.0  # probes identical to gallery images find themselves
     assert not (output / "roc.png").exists()
 
 

@@ -233,3 +233,21 @@ def test_rfw_bins_are_found_by_group_name(tmp_path):
     (tmp_path / "Caucasian.bin").unlink()
     with pytest.raises(DataError, match="Caucasian"):
         bias.find_rfw_bins(tmp_path)
+
+
+def test_gallery_probe_with_distractor_hand_checked(tmp_path):
+    def colour(folder, name, red, green):
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.zeros((112, 112, 3), np.uint8)
+        pixels[..., 0], pixels[..., 1] = red, green
+        Image.fromarray(pixels).save(folder / name)
+
+    colour(tmp_path / "gallery" / "A", "1.png", 200, 0)
+    colour(tmp_path / "gallery" / "B", "1.png", 0, 200)
+    colour(tmp_path / "probe" / "A", "1.png", 180, 20)  # cos to A 0.994: rank 1
+    colour(tmp_path / "probe" / "B", "1.png", 100, 90)  # distractor 0.998 > A 0.743 > B 0.669: rank 3
+    colour(tmp_path / "distractors" / "x", "1.png", 150, 150)
+    record = identification.evaluate_gallery_probe(channel_model, tmp_path / "gallery", tmp_path / "probe",
+                                                   tmp_path / "distractors", ranks=(1, 2, 3), progress=False)
+    assert (record["rank_1"], record["rank_2"], record["rank_3"]) == (0.5, 0.5, 1.0)
+    assert record["gallery"] == 3 and record["identities"] == 3

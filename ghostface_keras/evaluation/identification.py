@@ -213,3 +213,36 @@ def evaluate_folder(model: Any, folder: str | os.PathLike, batch_size: int = 128
     identification = leave_one_out_identification(embeddings, labels, ranks, name=name)
     scores, same = all_pair_scores(embeddings, labels)
     return identification, verification_metrics(scores, same, name=name, n_folds=0)
+
+
+def evaluate_gallery_probe(model: Any, gallery_dir: str | os.PathLike, probe_dir: str | os.PathLike,
+                           distractor_dir: str | os.PathLike | None = None, batch_size: int = 128,
+                           flip: bool = True, ranks: Sequence[int] = (1, 5, 10), progress: bool = True
+                           ) -> dict[str, Any]:
+    """TinyFace-style rank-k: identity folders for the gallery and the probes, plus optional distractors.
+
+    Identities are matched by sub-folder name. Every image under `distractor_dir` (any depth of
+    sub-folders) joins the gallery as an identity of its own that no probe can match.
+
+    Example:
+        >>> record = evaluate_gallery_probe("model.keras", "tinyface/gallery", "tinyface/probe", "tinyface/distractors")
+        >>> record["rank_1"], record["rank_5"]
+    """
+    from ghostface_keras.evaluation.embeddings import as_embedding_function, extract_embeddings
+
+    embed = as_embedding_function(model, batch_size, flip)
+    gallery_paths, gallery_labels, gallery_names = list_identity_folder(gallery_dir)
+    probe_paths, probe_labels, probe_names = list_identity_folder(probe_dir)
+    gallery_ids = np.array([gallery_names[label] for label in gallery_labels], dtype=object)
+    probe_ids = np.array([probe_names[label] for label in probe_labels], dtype=object)
+    if distractor_dir is not None:
+        distractors = sorted(path for path in Path(distractor_dir).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        if not distractors:
+            raise DataError(f"{distractor_dir}: no distractor images found")
+        gallery_paths = list(gallery_paths) + distractors
+        gallery_ids = np.r_[gallery_ids, np.array([f"\0distractor{index}" for index in range(len(distractors))],
+                                                  dtype=object)]
+    gallery = extract_embeddings(embed, read_face_images(gallery_paths), progress=progress)
+    probes = extract_embeddings(embed, read_face_images(probe_paths), progress=progress)
+    name = Path(probe_dir).name or str(probe_dir)
+    return rank_k_identification(gallery, gallery_ids.astype(str), probes, probe_ids.astype(str), ranks, name=name)
