@@ -233,15 +233,23 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
         ([5], [[0.8944, 0.4472]])
     """
     template_ids, template_index = np.unique(templates, return_inverse=True)
-    media_keys = np.stack([template_index, np.asarray(medias)], axis=1)
-    media_rows, media_index = np.unique(media_keys, axis=0, return_inverse=True)
+    template_index = template_index.reshape(-1).astype(np.int64)
+    medias = np.asarray(medias, dtype=np.int64)
+    media_span = int(medias.max() - medias.min()) + 1
+    # one integer per (template, media), ordered by template first: 1-D unique is fast
+    media_keys, media_index = np.unique(template_index * media_span + (medias - medias.min()), return_inverse=True)
     media_index = media_index.reshape(-1)
-    media_sum = np.zeros((len(media_rows), features.shape[1]), dtype=np.float64)
-    np.add.at(media_sum, media_index, features)
-    media_mean = media_sum / np.bincount(media_index, minlength=len(media_rows))[:, None]
-    pooled = np.zeros((len(template_ids), features.shape[1]), dtype=np.float64)
-    np.add.at(pooled, media_rows[:, 0], media_mean)
+    # group sums by sorting once and np.add.reduceat (np.add.at is very slow on IJB-C's 469k x 512)
+    order = np.argsort(media_index, kind="stable")
+    features = np.asarray(features, dtype=np.float32)
+    media_sum = np.add.reduceat(features[order], _group_starts(media_index[order]), axis=0, dtype=np.float64)
+    media_mean = media_sum / np.bincount(media_index)[:, None]
+    pooled = np.add.reduceat(media_mean, _group_starts(media_keys // media_span), axis=0)
     return template_ids, l2_normalize(pooled)
+
+
+def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    return np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1]
 
 
 def _rows_of(ids: np.ndarray, wanted: np.ndarray, what: str) -> np.ndarray:
