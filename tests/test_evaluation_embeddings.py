@@ -110,3 +110,13 @@ def test_wrong_paths_and_inputs_give_clear_errors(tmp_path, model):
 def test_nan_embeddings_are_reported(images):
     with pytest.raises(DataError, match="NaN"):
         e.extract_embeddings(lambda x: np.full((len(x), 4), np.nan), images, progress=False)
+
+
+def test_embedding_function_built_once_follows_weight_updates(images):
+    model = _tiny_model(seed=1)
+    embed = e.EmbeddingFunction(model, batch_size=8, flip=True)
+    before = e.extract_embeddings(embed, images, progress=False)
+    model.set_weights([weight * 0.5 + 0.1 for weight in model.get_weights()])  # as a training step would
+    after = e.extract_embeddings(embed, images, progress=False)
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, _expected(model, images, True), atol=1e-5)
