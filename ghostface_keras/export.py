@@ -155,13 +155,14 @@ def _decomposed_prelu_layer(prelu):
     MUL and ADD but not int8 PRELU (nor the RELU / MINIMUM / MAXIMUM that other decompositions need), so
     with PRELU every activation would leave the delegate and run on slow reference kernels. When every
     a > -1 the form z + k |z| with z = (1 + a) / 2 * x and k = (1 - a) / (1 + a) is used instead: the
-    converter folds the first multiply into the convolution before it, leaving three int8 ops.
+    converter folds the first multiply into the convolution before it, leaving three int8 ops; it is
+    used only while k <= 3 (a > -0.5), because a large k would magnify the rounding error of |z|.
     """
     import keras
 
     alpha = np.asarray(prelu.get_weights()[0], dtype=np.float32)
     positive_scale, absolute_scale = (1.0 + alpha) / 2.0, (1.0 - alpha) / 2.0
-    if np.all(positive_scale > 1e-3):
+    if np.all(positive_scale > 0.25):
         ratio = absolute_scale / positive_scale
 
         def call(x):
