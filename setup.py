@@ -26,7 +26,7 @@ setup(
         "h5py",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn", "scikit-image"],
+        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "ai-edge-litert"],
         "align": ["mtcnn"],
         "litert": ["ai-edge-litert"],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
