@@ -1,9 +1,10 @@
 """Training callbacks: learning-rate schedules, verification, history (JSON + PNG), NaN guard.
 
 Schedules are `keras.optimizers.schedules.LearningRateSchedule` objects of the *global* batch index, so
-they can be given straight to an optimizer, or driven by `LearningRateCallback`, which computes the global
-step from Keras' epoch and batch numbers. The callback form survives new optimizers between training stages
-and resuming at any epoch, which is why `Trainer` uses it.
+they can be given straight to an optimizer and are evaluated inside the compiled train step. `Trainer`
+wraps them in `ShiftedSchedule` (global index = optimizer.iterations + offset), which survives new
+optimizers between training stages and resuming at any epoch without per-batch Python work;
+`LearningRateCallback` is the per-batch callback alternative.
 """
 
 from __future__ import annotations
@@ -167,11 +168,81 @@ def build_schedule(name: str, lr_base: float, steps_per_epoch: int, epochs: int,
     raise ValueError(f"unknown schedule {name!r}; choose cosine, exponential, step or constant")
 
 
+@keras.saving.register_keras_serializable(package="ghostface_keras")
+class ShiftedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step + offset)`: a schedule of the global batch index driven by an optimizer's own counter.
+
+    A Keras optimizer evaluates its schedule inside the compiled train step at `optimizer.iterations`, with
+    no Python work per batch. A new optimizer (a new training stage) starts counting at 0, a restored one
+    at its saved count; `offset` = global batch index - `optimizer.iterations` makes both continue the run's
+    single schedule. `Trainer` sets it at the start of every stage.
+
+    Example:
+        >>> schedule = ShiftedSchedule(StepDecay(0.1, [1], 0.1, steps_per_epoch=10), offset=10)
+        >>> round(float(schedule(0)), 4)
+        0.01
+    """
+
+    def __init__(self, schedule, offset: int = 0):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        self.schedule, self.offset = schedule, int(offset)
+
+    def __call__(self, step):
+        return self.schedule(ops.cast(step, "float32") + float(self.offset))
+
+    def get_config(self) -> dict:
+        return dict(schedule=keras.saving.serialize_keras_object(self.schedule), offset=self.offset)
+
+
+@keras.saving.register_keras_serializable(package="ghostface_keras")
+class HeadFirstSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`head_lr` for the first `head_steps` batches (head-only fine-tuning), then `schedule(step)`.
+
+    Example:
+        >>> schedule = HeadFirstSchedule(StepDecay(0.001), head_lr=0.01, head_steps=5)
+        >>> [round(float(schedule(s)), 4) for s in (4, 5)]
+        [0.01, 0.001]
+    """
+
+    def __init__(self, schedule, head_lr: float, head_steps: int):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        self.schedule, self.head_lr, self.head_steps = schedule, float(head_lr), int(head_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        later = ops.cast(self.schedule(step), "float32")
+        return ops.where(step < float(self.head_steps), ops.cast(self.head_lr, "float32"), later)
+
+    def get_config(self) -> dict:
+        return dict(schedule=keras.saving.serialize_keras_object(self.schedule), head_lr=self.head_lr,
+                    head_steps=self.head_steps)
+
+
+class EpochStartLearningRate(keras.callbacks.Callback):
+    """Records `schedule(epoch * steps_per_epoch)` at every epoch start for the history (no per-batch work).
+
+    Example:
+        >>> callback = EpochStartLearningRate(StepDecay(0.1, [2]), steps_per_epoch=100)
+    """
+
+    def __init__(self, schedule: Callable, steps_per_epoch: int):
+        super().__init__()
+        self.schedule, self.steps_per_epoch = schedule, int(steps_per_epoch)
+        self.epoch_start_lr: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start_lr = float(self.schedule(epoch * self.steps_per_epoch))
+
+
 class LearningRateCallback(keras.callbacks.Callback):
     """Sets the optimizer's LR before every batch from `schedule(epoch * steps_per_epoch + batch)`.
 
     Because the global step comes from Keras' epoch counter (which `fit(initial_epoch=...)` continues), the
-    schedule continues across stages with new optimizers and across `--resume`.
+    schedule continues across stages with new optimizers and across `--resume`. This costs Python work on
+    every batch (and an LR variable write): `Trainer` uses the in-graph `ShiftedSchedule` instead; this
+    callback is for optimizers whose learning rate must stay a variable.
 
     Example:
         >>> callback = LearningRateCallback(StepDecay(0.1, [2]), steps_per_epoch=100)
@@ -212,7 +283,11 @@ class EpochClock(keras.callbacks.Callback):
 
 
 class NaNGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite batch loss; `tripped` tells checkpointing not to save it.
+    """Stops training after an epoch whose mean loss is not finite; `tripped` tells checkpointing not to save it.
+
+    A single non-finite batch makes the epoch's mean loss non-finite, so checking once per epoch catches
+    every divergence without a per-batch host synchronization (which would stall an accelerator and disable
+    Keras' asynchronous callback dispatch). Place it before the history and checkpoint callbacks.
 
     Example:
         >>> guard = NaNGuard()
@@ -222,10 +297,11 @@ class NaNGuard(keras.callbacks.Callback):
         super().__init__()
         self.tripped = False
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            logger.error("non-finite loss %s at batch %d: stopping; the last good checkpoint is kept", loss, batch)
+            logger.error("non-finite mean loss %s in epoch %d: stopping; the last good checkpoint is kept",
+                         loss, epoch + 1)
             self.tripped = True
             self.model.stop_training = True
 
@@ -287,13 +363,17 @@ def _verification_accuracy(embeddings: np.ndarray, issame: np.ndarray) -> float:
 
 
 def embed_images(model: keras.Model, images: np.ndarray, batch_size: int = 64, flip: bool = False) -> np.ndarray:
-    """Embeddings of uint8 RGB images (N x H x W x 3), optionally summed with the mirrored images' (flip TTA)."""
+    """Embeddings of uint8 RGB images (N x H x W x 3), optionally summed with the mirrored images' (flip TTA).
+
+    Uses the model's compiled predict function (`predict_on_batch`): an eager `model(batch)` call per batch
+    costs several times the forward pass on CPU.
+    """
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = normalize_images(images[start:start + batch_size])
-        embedding = np.asarray(model(batch, training=False), dtype=np.float32)
+        embedding = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
         if flip:
-            embedding = embedding + np.asarray(model(batch[:, :, ::-1], training=False), dtype=np.float32)
+            embedding = embedding + np.asarray(model.predict_on_batch(batch[:, :, ::-1]), dtype=np.float32)
         outputs.append(embedding)
     return np.concatenate(outputs)
 
@@ -349,6 +429,29 @@ class VerificationCallback(keras.callbacks.Callback):
             write_atomically(self.best_path, lambda path: self.embedding_model.save(path))
 
 
+class StopAtAccuracy(keras.callbacks.Callback):
+    """Stops training once the verification callback's *last* pair set reaches `target` accuracy.
+
+    Put it after the `VerificationCallback` (it reads `verification.latest` at epoch end).
+
+    Example:
+        >>> stopper = StopAtAccuracy(verification=None, target=0.95)
+    """
+
+    def __init__(self, verification: "VerificationCallback | None", target: float):
+        super().__init__()
+        self.verification, self.target = verification, float(target)
+        self.reached_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        latest = self.verification.latest if self.verification is not None else {}
+        if latest and list(latest.values())[-1] >= self.target:
+            logger.info("verification reached %.4f >= %.4f after epoch %d: stopping",
+                        list(latest.values())[-1], self.target, epoch + 1)
+            self.reached_at = epoch + 1
+            self.model.stop_training = True
+
+
 class HistoryWriter(keras.callbacks.Callback):
     """One JSON record per epoch in `path` (a list), plus a PNG plot beside it, both written atomically.
 
@@ -361,7 +464,7 @@ class HistoryWriter(keras.callbacks.Callback):
     """
 
     def __init__(self, path: str | os.PathLike, clock: EpochClock | None = None,
-                 lr_callback: LearningRateCallback | None = None,
+                 lr_callback: keras.callbacks.Callback | None = None,
                  verification: VerificationCallback | None = None, plot: bool = True,
                  guard: NaNGuard | None = None):
         super().__init__()

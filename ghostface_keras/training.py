@@ -27,9 +27,11 @@ import tensorflow as tf
 
 from ghostface_keras.callbacks import (
     EpochClock,
+    EpochStartLearningRate,
     HistoryWriter,
-    LearningRateCallback,
     NaNGuard,
+    ShiftedSchedule,
+    StopAtAccuracy,
     VerificationCallback,
     load_history,
     write_atomically,
@@ -146,6 +148,11 @@ class Trainer:
         sub_centers: sub-centers per class in the head.
         strategy: a `tf.distribute.Strategy` (default: the current one).
         verbose: Keras `fit` verbosity (1 = progress bar).
+        steps_per_execution: batches run per call of the compiled train function (fewer host round trips;
+            batch-level callbacks then see every N-th batch).
+        jit_compile: compile the train step with XLA (True / False / "auto": Keras' choice, off on CPU).
+        stop_at_accuracy: stop after the first epoch whose last pair set's verification accuracy reaches
+            this (None: train all epochs).
 
     Example:
         >>> from ghostface_keras.losses import ArcFace
@@ -169,12 +176,17 @@ class Trainer:
         sub_centers: int = 1,
         strategy: tf.distribute.Strategy | None = None,
         verbose: int | str = "auto",
+        steps_per_execution: int = 1,
+        jit_compile: bool | str = "auto",
+        stop_at_accuracy: float | None = None,
     ):
         self.embedding_model, self.train_data = embedding_model, train_data
         self.num_classes, self.output_dir = int(num_classes), Path(output_dir)
         self.schedule, self.pair_sets, self.eval_every = schedule, dict(pair_sets or {}), int(eval_every)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.verbose = verbose
+        self.steps_per_execution, self.jit_compile = max(1, int(steps_per_execution)), jit_compile
+        self.stop_at_accuracy = stop_at_accuracy
         self.steps_per_epoch = int(steps_per_epoch or self._infer_steps(train_data))
         self._prepare_output_dir()
         with self.strategy.scope():
@@ -241,13 +253,15 @@ class Trainer:
         return self._optimizer, owner
 
     def _callbacks(self, verification: VerificationCallback | None, history: HistoryWriter,
-                   clock: EpochClock, lr_callback: LearningRateCallback | None, stage_index: int) -> list:
+                   clock: EpochClock, lr_callback: EpochStartLearningRate | None, stage_index: int) -> list:
         callbacks = [clock]
         if lr_callback is not None:
             callbacks.append(lr_callback)
         callbacks.append(self.guard)
         if verification is not None:
             callbacks.append(verification)
+            if self.stop_at_accuracy is not None:
+                callbacks.append(StopAtAccuracy(verification, self.stop_at_accuracy))
         callbacks += [history, _StateCheckpoint(self, stage_index)]
         return callbacks
 
@@ -258,7 +272,7 @@ class Trainer:
         if resume:
             self.restore()
         clock = EpochClock()
-        lr_callback = LearningRateCallback(self.schedule, self.steps_per_epoch) if self.schedule else None
+        lr_callback = EpochStartLearningRate(self.schedule, self.steps_per_epoch) if self.schedule else None
         verification = None
         if self.pair_sets:
             verification = VerificationCallback(self.embedding_model, self.pair_sets, self.eval_every,
@@ -290,11 +304,19 @@ class Trainer:
     def _run_stage(self, index, stage, stage_end, history, clock, lr_callback, verification):
         with self.strategy.scope():
             self.model = self._build_model(stage)
-            self.model.compile(optimizer=self._optimizer, loss=stage.loss, metrics=[self._accuracy()])
+            self.model.compile(optimizer=self._optimizer, loss=stage.loss, metrics=[self._accuracy()],
+                               steps_per_execution=self.steps_per_execution, jit_compile=self.jit_compile)
+            if self.schedule is not None:
+                # Before build: replacing the LR variable by a schedule changes the optimizer's variables.
+                self.model.optimizer.learning_rate = ShiftedSchedule(self.schedule, 0)
             self.model.optimizer.build(self.model.trainable_variables)
             if self._pending_optimizer_state is not None and self._pending_optimizer_owner == self.progress.optimizer_stage:
                 self._restore_optimizer(self._pending_optimizer_state)
             self._pending_optimizer_state = None
+            if self.schedule is not None:
+                done = self.progress.epoch * self.steps_per_epoch
+                offset = done - int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+                self.model.optimizer.learning_rate = ShiftedSchedule(self.schedule, offset)
         logger.info("stage %d: epochs %d-%d, loss %s", index + 1, self.progress.epoch + 1, stage_end,
                     stage.loss.__class__.__name__)
         self.model.fit(self.train_data, epochs=stage_end, initial_epoch=self.progress.epoch,

@@ -267,3 +267,78 @@ def test_two_device_mirrored_first_step_equals_one_device(tmp_path, rho):
     for one, two in zip(results[1]["weights"], results[2]["weights"]):
         if rho == 0.0:  # SAM perturbs each replica with its own gradient (m-sharpness): close, not equal
             np.testing.assert_allclose(np.array(two), np.array(one), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- in-graph LR, early stop
+def test_shifted_and_head_first_schedules_match_closed_forms():
+    from ghostface_keras.callbacks import HeadFirstSchedule, ShiftedSchedule
+
+    step_decay = StepDecay(0.1, boundaries=[2], rate=0.1, steps_per_epoch=5)  # 0.1 before step 10, then 0.01
+    shifted = ShiftedSchedule(step_decay, offset=7)
+    assert [round(float(shifted(s)), 6) for s in (0, 2, 3, 10)] == [0.1, 0.1, 0.01, 0.01]
+    head_first = HeadFirstSchedule(step_decay, head_lr=0.5, head_steps=3)
+    assert [round(float(head_first(s)), 6) for s in (0, 2, 3, 9, 10)] == [0.5, 0.5, 0.1, 0.1, 0.01]
+    restored = ShiftedSchedule.from_config(shifted.get_config())
+    assert float(restored(3)) == pytest.approx(0.01)
+
+
+def test_trainer_evaluates_the_schedule_in_graph_at_the_global_batch_index(tmp_path):
+    schedule = CosineRestarts(0.05, first_restart_epochs=3, steps_per_epoch=4, lr_min=1e-3)
+    trainer = Trainer(_embedding_model(), _data(), CLASSES, tmp_path, schedule=schedule, verbose=0)
+    # the freeze change gives stage 2 a fresh optimizer whose own counter restarts at 0
+    trainer.fit([Stage(1, ArcFace(scale=16), keras.optimizers.SGD(0.05), freeze_backbone=True),
+                 Stage(2, ArcFace(scale=16))])
+    optimizer = trainer.model.optimizer
+    assert int(optimizer.iterations) == 2 * 4
+    # 12 batches ran in all: the optimizer's next LR is the schedule at global index 12
+    assert float(optimizer.learning_rate) == pytest.approx(float(schedule(12)), rel=1e-6)
+    # no per-batch Python work: no callback of the Trainer overrides a batch hook
+    callbacks = [c for c in trainer._callbacks(None, None, None, None, 0) if c is not None]
+    for callback in callbacks:
+        for hook in ("on_train_batch_begin", "on_train_batch_end", "on_batch_end"):
+            assert getattr(type(callback), hook) is getattr(keras.callbacks.Callback, hook), (callback, hook)
+
+
+def test_stop_at_accuracy_ends_training_after_the_target_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = (rng.integers(0, 255, (20, SIDE, SIDE, 3)).astype(np.uint8), np.arange(10) % 2 == 0)
+    trainer = Trainer(_embedding_model(), _data(), CLASSES, tmp_path, pair_sets={"toy": pairs},
+                      stop_at_accuracy=0.0, verbose=0)
+    records = trainer.fit([Stage(3, ArcFace(scale=16), keras.optimizers.SGD(0.05))])
+    assert [r["epoch"] for r in records] == [1]
+    assert 0.0 <= records[0]["toy"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _train_cli():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "train.py"
+    spec = importlib.util.spec_from_file_location("train_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_defaults_by_recipe_and_demo_settings_yield_to_explicit_options():
+    cli = _train_cli()
+    scratch = cli.parse_args(["--data", "faces"])
+    assert (scratch.optimizer, scratch.lr, scratch.scale, scratch.margin) == ("adamw", 2e-3, 32.0, 0.3)
+    assert scratch.output == "runs/train"
+    finetune = cli.parse_args(["--data", "faces", "--init-from", "model.h5"])
+    assert (finetune.optimizer, finetune.lr, finetune.scale, finetune.margin) == ("sgd", 0.01, 64.0, None)
+    official = cli.parse_args(["--data", "faces", "--optimizer", "sgd"])
+    assert (official.lr, official.scale) == (0.1, 64.0)
+    demo = cli.parse_args(["--demo"])
+    assert demo.output == "runs/demo" and demo.model == "GhostFaceNetV1-0.5-2" and demo.stop_at == 0.96
+    explicit = cli.parse_args(["--demo", "--epochs", "3", "--output", "elsewhere", "--model", "MobileFaceNet"])
+    assert (explicit.epochs, explicit.output, explicit.model) == (3, "elsewhere", "MobileFaceNet")
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    cli = _train_cli()
+    assert cli.main(["--data", str(tmp_path / "missing"), "--output", str(tmp_path / "run")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["--output", str(tmp_path / "run")]) == 2
+    assert "--data is required" in capsys.readouterr().err
