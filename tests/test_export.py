@@ -16,7 +16,8 @@ pytest.importorskip("tensorflow")
 
 from ghostface_keras import export  # noqa: E402
 from ghostface_keras.errors import ExportError  # noqa: E402
-from ghostface_keras.preprocessing import denormalize_images  # noqa: E402
+from ghostface_keras.export.int8_rewrite import _decomposed_prelu_layer  # noqa: E402
+from ghostface_keras.preprocessing import denormalize_images, normalize_images  # noqa: E402
 
 try:
     from ghostface_keras.blocks import hard_sigmoid_keras2
@@ -86,7 +87,7 @@ def face_like_images(count: int = 12, size: int = SIZE, seed: int = 3) -> np.nda
     coarse = rng.integers(0, 256, (count, 4, 4, 3)).astype(np.float32)
     smooth = keras.ops.image.resize(coarse, (size, size), interpolation="bilinear")
     noise = rng.normal(0, 8, (count, size, size, 3))
-    return export.normalize_images(np.clip(np.asarray(smooth) + noise, 0, 255))
+    return normalize_images(np.clip(np.asarray(smooth) + noise, 0, 255))
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -156,7 +157,7 @@ def test_decomposed_prelu_matches_numpy_formula(alpha_range):
     prelu.set_weights([alpha])
     x = np.random.default_rng(0).normal(0, 2, (2, 5, 5, 6)).astype(np.float32)
     expected = np.where(x > 0, x, alpha * x)
-    np.testing.assert_allclose(np.asarray(export._decomposed_prelu_layer(prelu)(x)), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(_decomposed_prelu_layer(prelu)(x)), expected, atol=1e-5)
 
 
 def test_quantized_exports_keep_the_embedding_direction(models, images, converted):

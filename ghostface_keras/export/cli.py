@@ -1,0 +1,106 @@
+"""Command line: ``python -m ghostface_keras.export`` / ``ghostface-export``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ghostface_keras.errors import ExportError, GhostFaceError
+from ghostface_keras.export.images import load_model_for_export, sample_images
+from ghostface_keras.export.onnx import export_onnx
+from ghostface_keras.export.parity import check_parity
+from ghostface_keras.export.saved_model import _model_input_shape, export_saved_model
+from ghostface_keras.export.tflite import QUANTIZATIONS, export_tflite
+from ghostface_keras.preprocessing import normalize_images
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+
+
+def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ghostface-export",
+        description="Export a face-embedding model to SavedModel / TFLite / ONNX and check that it gives "
+        "the same embeddings as Keras (exit code 1 when parity misses its threshold).",
+    )
+    parser.add_argument("--model", required=True, help=".keras / .h5 file, or a registry name")
+    parser.add_argument("--format", choices=FORMATS, default="tflite")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none", help="TFLite only")
+    parser.add_argument("--calibration-data", help="folder of aligned 112x112 faces (int8 calibration)")
+    parser.add_argument("--calibration-size", type=int, default=200, help="images drawn for int8 calibration")
+    parser.add_argument(
+        "--parity-data",
+        help="folder of aligned faces for the parity check (default: calibration images not used to "
+        "calibrate; without any folder: reproducible random pixels)",
+    )
+    parser.add_argument("--parity-size", type=int, default=32)
+    parser.add_argument("--int8-io", action="store_true", help="int8 input/output tensors (int8 only)")
+    parser.add_argument("--batch-size", type=int, default=1, help="static batch of the exported signature")
+    parser.add_argument("--no-uint8-signature", action="store_true", help="SavedModel: float32 signature only")
+    parser.add_argument("--threads", default="1,2", help="LiteRT latency thread counts, comma separated")
+    parser.add_argument("--output", required=True)
+    return parser.parse_args(argv)
+
+
+def _parity_images(args: argparse.Namespace, height_width: tuple[int, int]) -> np.ndarray:
+    if args.parity_data:
+        return sample_images(args.parity_data, args.parity_size, seed=1, size=height_width)
+    if args.calibration_data:
+        # images the calibration did not see, from the same reproducible draw
+        return sample_images(
+            args.calibration_data, args.parity_size, seed=0, skip=args.calibration_size, size=height_width
+        )
+    logger.warning("no --parity-data: checking parity on random pixels, a weaker test than real faces")
+    pixels = np.random.default_rng(1234).integers(0, 256, (args.parity_size, *height_width, 3))
+    return normalize_images(pixels.astype(np.uint8))
+
+
+def _export(args: argparse.Namespace, model, height_width: tuple[int, int]) -> Path:
+    if args.format == "savedmodel":
+        batch = None if args.batch_size <= 0 else args.batch_size
+        return export_saved_model(model, args.output, batch, uint8_signature=not args.no_uint8_signature)
+    if args.format == "onnx":
+        return export_onnx(model, args.output, batch_size=args.batch_size)
+    calibration = None
+    if args.quantization == "int8":
+        if not args.calibration_data:
+            raise ExportError("--quantization int8 needs --calibration-data DIR (aligned faces)")
+        calibration = sample_images(args.calibration_data, args.calibration_size, seed=0, size=height_width)
+    return export_tflite(model, args.output, args.quantization, calibration, args.int8_io, args.batch_size)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m ghostface_keras.export`` / ``ghostface-export``.
+
+    Example:
+        $ ghostface-export --model model.keras --format tflite --quantization float16 \\
+              --parity-data faces/val --output model_fp16.tflite
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = _parse_arguments(argv)
+    try:
+        if args.format != "tflite" and args.quantization != "none":
+            raise ExportError(f"--quantization {args.quantization} applies to --format tflite only")
+        threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+        model = load_model_for_export(args.model)
+        height, width, _ = _model_input_shape(model)
+        exported = _export(args, model, (height, width))
+        images = _parity_images(args, (height, width))
+        report = check_parity(model, exported, images, args.quantization, latency_threads=threads)
+    except GhostFaceError as error:
+        print(f"ghostface-export: error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # e.g. a malformed --threads list
+        print(f"ghostface-export: error: {error}", file=sys.stderr)
+        return 2
+    print(report.to_markdown())
+    if not report.passed:
+        print(f"ghostface-export: parity FAILED for {exported}: {'; '.join(report.failures)}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,131 @@
+"""Run and inspect TFLite files with LiteRT: outputs, op lists, delegate partitions, latency."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ghostface_keras.errors import ExportError
+
+
+def dynamic_tensor_names(path: str | os.PathLike) -> list[str]:
+    """Names of tensors whose shape signature has an unknown (-1) dimension: must be empty for phones."""
+    interpreter = make_interpreter(path, delegates=False)
+    return [
+        tensor["name"]
+        for tensor in interpreter.get_tensor_details()
+        if -1 in np.asarray(tensor.get("shape_signature", tensor["shape"])).tolist()
+    ]
+
+
+def _interpreter_class():
+    """LiteRT's maintained interpreter when installed (extra ``litert``), else TensorFlow's copy."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    return Interpreter, OpResolverType
+
+
+def make_interpreter(path: str | os.PathLike, num_threads: int = 1, delegates: bool = True):
+    """A ready-to-run LiteRT interpreter for `path` (XNNPACK on unless ``delegates=False``).
+
+    Example:
+        >>> interpreter = make_interpreter("face.tflite", num_threads=1)
+        >>> interpreter.get_input_details()[0]["shape"].tolist()
+        [1, 112, 112, 3]
+    """
+    interpreter_class, resolver = _interpreter_class()
+    options = {} if delegates else {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    try:
+        interpreter = interpreter_class(model_path=str(path), num_threads=num_threads, **options)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise ExportError(f"{path}: not a loadable TFLite model: {error}") from error
+    return interpreter
+
+
+def tflite_op_names(path: str | os.PathLike) -> list[str]:
+    """Op names of the TFLite graph in execution order (before any delegate), e.g. ``["CONV_2D", ...]``.
+
+    Example:
+        >>> sorted(set(tflite_op_names("face.tflite")))
+        ['CONV_2D', 'DEPTHWISE_CONV_2D', 'MEAN', 'MINIMUM', 'MUL', 'PRELU', 'RELU', 'RESHAPE', ...]
+    """
+    interpreter = make_interpreter(path, delegates=False)
+    return [op["op_name"] for op in interpreter._get_ops_details()]
+
+
+def count_delegate_nodes(path: str | os.PathLike) -> int:
+    """How many XNNPACK partitions the default interpreter makes: 1 means the whole graph is delegated
+    (as long as the graph also has no dynamic-shape op, which `export_tflite` guarantees)."""
+    interpreter = make_interpreter(path, delegates=True)
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
+def _quantize_input(images: np.ndarray, details: dict) -> np.ndarray:
+    if details["dtype"] == np.float32:
+        return images.astype(np.float32)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(details["dtype"])
+    return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(details["dtype"])
+
+
+def _dequantize_output(values: np.ndarray, details: dict) -> np.ndarray:
+    if details["dtype"] == np.float32:
+        return values
+    scale, zero_point = details["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+def run_tflite(path_or_interpreter, images: np.ndarray, num_threads: int = 1) -> np.ndarray:
+    """Embeddings of normalized float32 `images` (N, H, W, C) from a TFLite model, one batch-1 call each.
+
+    Quantized input / output tensors are handled with their scale and zero point.
+
+    Example:
+        >>> run_tflite("face.tflite", normalize_images(pixels)).shape
+        (8, 512)
+    """
+    interpreter = path_or_interpreter
+    if isinstance(path_or_interpreter, (str, os.PathLike)):
+        interpreter = make_interpreter(path_or_interpreter, num_threads)
+    input_details = interpreter.get_input_details()[0]
+    output_details = interpreter.get_output_details()[0]
+    batch = int(input_details["shape"][0])
+    images = np.asarray(images, dtype=np.float32)
+    outputs = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)]) if len(chunk) < batch else chunk
+        interpreter.set_tensor(input_details["index"], _quantize_input(padded, input_details))
+        interpreter.invoke()
+        result = _dequantize_output(interpreter.get_tensor(output_details["index"]), output_details)
+        outputs.append(np.array(result[: len(chunk)], dtype=np.float32))
+    return np.concatenate(outputs)
+
+
+def tflite_latency_ms(path_or_interpreter, num_threads: int = 1, repeats: int = 50, warmup: int = 5) -> float:
+    """Median wall time of one ``invoke`` in milliseconds (LiteRT, XNNPACK, `num_threads`).
+
+    Example:
+        >>> tflite_latency_ms("face.tflite", num_threads=1)
+        4.1
+    """
+    interpreter = path_or_interpreter
+    if isinstance(path_or_interpreter, (str, os.PathLike)):
+        interpreter = make_interpreter(path_or_interpreter, num_threads)
+    details = interpreter.get_input_details()[0]
+    interpreter.set_tensor(details["index"], np.zeros(details["shape"], details["dtype"]))
+    for _ in range(warmup):
+        interpreter.invoke()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        interpreter.invoke()
+        timings.append(time.perf_counter() - start)
+    return float(np.median(timings) * 1e3)

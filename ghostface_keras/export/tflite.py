@@ -1,0 +1,123 @@
+"""TFLite conversion: static batch-1 graphs of builtin ops, fp32 / fp16 / dynamic / full int8."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ghostface_keras.errors import ExportError
+from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
+from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
+from ghostface_keras.export.saved_model import _write_saved_model
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+
+
+# TFLite ops that compute tensor shapes at run time (the official V1 conversion has SHAPE -> STRIDED_SLICE ->
+# PACK feeding the SE reshape); with them XNNPACK cannot delegate the whole graph.
+DYNAMIC_SHAPE_OPS = frozenset({"SHAPE", "BROADCAST_ARGS"})
+
+
+def _representative_dataset(images: Iterable[np.ndarray]) -> Callable[[], Iterable[list[np.ndarray]]]:
+    """Converter callback yielding one normalized float32 (1, H, W, C) image at a time."""
+
+    def generate():
+        for image in images:
+            array = np.asarray(image, dtype=np.float32)
+            yield [array[None] if array.ndim == 3 else array]
+
+    return generate
+
+
+def _configure_quantization(converter, quantization: str, representative_data, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    if quantization == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        if representative_data is None:
+            raise ExportError(
+                "int8 quantization needs representative_data: a few hundred normalized aligned faces "
+                "(CLI: --calibration-data DIR)"
+            )
+        converter.representative_dataset = _representative_dataset(representative_data)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+
+
+def export_tflite(
+    model,
+    path: str | os.PathLike,
+    quantization: str = "none",
+    representative_data: Iterable[np.ndarray] | None = None,
+    int8_io: bool = False,
+    batch_size: int = 1,
+) -> Path:
+    """Convert `model` to a TFLite flatbuffer with a static batch and only builtin ops.
+
+    Args:
+        model: a Keras model with one image input, e.g. ``create_model("GhostFaceNetV1-1.3-2")``.
+        path: output ``.tflite`` file (written atomically).
+        quantization: ``"none"`` (float32), ``"float16"`` (fp16 weights, half the size),
+            ``"dynamic"`` (int8 weights, float activations) or ``"int8"`` (full integer; needs
+            ``representative_data``).
+        representative_data: normalized float32 images, ``(N, H, W, C)`` or an iterable of
+            ``(H, W, C)`` arrays, used to calibrate the int8 activation ranges: real aligned faces.
+        int8_io: with ``"int8"``, make the input and output tensors int8 too (otherwise they stay
+            float32 and the model quantizes / dequantizes at its edges).
+        batch_size: the static batch of the signature; keep 1 for phones (XNNPACK).
+
+    Example:
+        >>> export_tflite(model, "face_int8.tflite", "int8", representative_data=train_faces[:200])
+        PosixPath('face_int8.tflite')
+    """
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    path = Path(path)
+    traced = xnnpack_int8_equivalent(model) if quantization == "int8" else model
+    with tempfile.TemporaryDirectory(prefix="ghostface_export_") as staging:
+        _write_saved_model(traced, Path(staging), batch_size, uint8_signature=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        _configure_quantization(converter, quantization, representative_data, int8_io)
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:  # the converter raises several unrelated types
+            raise ExportError(f"{path}: TFLite conversion failed ({quantization}): {error}") from error
+    _write_atomically(path, flatbuffer)
+    _check_static_builtin_graph(path)
+    return path
+
+
+def _check_static_builtin_graph(path: Path) -> None:
+    """Refuse a flatbuffer with Flex ops, shape-computing ops or tensors of unknown size."""
+    forbidden = sorted({name for name in tflite_op_names(path) if name.startswith("Flex") or name in DYNAMIC_SHAPE_OPS})
+    dynamic = dynamic_tensor_names(path)
+    if forbidden or dynamic:
+        raise ExportError(
+            f"{path}: graph keeps Flex / dynamic-shape ops {forbidden} or dynamic tensors {dynamic[:5]}; "
+            "XNNPACK could not delegate it whole"
+        )
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
