@@ -319,7 +319,7 @@ def _save_config(output: Path, args) -> None:
 def _report(args, output: Path, records: list[dict], seconds: float) -> str:
     exported = _export_tflite(output) if args.export_tflite else None
     last = records[-1] if records else {}
-    scores = {k: v for k, v in last.items() if k not in ("epoch", "lr", "loss", "accuracy", "seconds")}
+    scores = {k: v for k, v in last.items() if k not in ("epoch", "lr", "loss", "accuracy", "seconds", "cpu_seconds")}
     stopped = args.stop_at is not None and scores and list(scores.values())[-1] >= args.stop_at
     lines = [f"trained {len(records)} epochs in {seconds / 60:.1f} min" +
              (f" (stopped early: verification reached --stop-at {args.stop_at})" if stopped else "") +

@@ -9,7 +9,8 @@ Measured in this one process, interleaved so that load from other processes hits
             in-memory random tensors: the model's own arithmetic, nothing else (measured before AND after);
 - train.py: `train.py --data FOLDER --epochs 2` in-process; the warm epoch is the second one
             (images trained / its `seconds` in history.json: training time without evaluation/checkpoints).
-`--memory` runs one subprocess per identity count training GhostFaceNetV1-1.3-2 at the batch size with the
+Both are also reported per CPU-second of this process (all threads, input pipeline included), which a busy
+machine disturbs less than wall time. `--memory` runs one subprocess per identity count training GhostFaceNetV1-1.3-2 at the batch size with the
 real Trainer (3 steps) and reports its peak RSS (`ru_maxrss`).
 """
 
@@ -76,14 +77,14 @@ def make_bare_step(model_name: str, batch_size: int, num_classes: int, jit_compi
     return lambda: step(images, labels).numpy()
 
 
-def time_steps(step, steps: int, warmup: int = 2) -> float:
-    """Seconds for `steps` calls of `step` after `warmup` untimed calls (tracing)."""
+def time_steps(step, steps: int, warmup: int = 2) -> tuple[float, float]:
+    """(wall, process CPU) seconds for `steps` calls of `step` after `warmup` untimed calls (tracing)."""
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def run_train_py(data: Path, model_name: str, batch_size: int, output: Path, extra: list[str] = ()) -> dict:
@@ -99,10 +100,10 @@ def run_train_py(data: Path, model_name: str, batch_size: int, output: Path, ext
     records = records["epochs"] if isinstance(records, dict) else records
     _, images = count_images(data)
     trained = images // batch_size * batch_size
-    seconds = float(records[-1]["seconds"])
-    return {"seconds": seconds, "images_trained": trained, "images_in_folder": images,
-            "images_per_s": trained / seconds, "images_per_s_acceptance": images / seconds,
-            "first_epoch_seconds": float(records[0]["seconds"])}
+    seconds, cpu_seconds = float(records[-1]["seconds"]), float(records[-1]["cpu_seconds"])
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "images_trained": trained, "images_in_folder": images,
+            "images_per_s": trained / seconds, "images_per_cpu_s": trained / cpu_seconds,
+            "images_per_s_acceptance": images / seconds, "first_epoch_seconds": float(records[0]["seconds"])}
 
 
 def measure_throughput(data: Path, model_name: str, batch_size: int, extra: list[str] = (),
@@ -111,15 +112,35 @@ def measure_throughput(data: Path, model_name: str, batch_size: int, extra: list
     num_classes, images = count_images(data)
     steps = bare_steps or max(4, min(20, images // batch_size // 3))
     step = make_bare_step(model_name, batch_size, num_classes)
-    before = steps * batch_size / time_steps(step, steps)
+    wall_before, cpu_before = time_steps(step, steps)
     with tempfile.TemporaryDirectory(prefix="train_throughput_") as scratch:
         loop = run_train_py(data, model_name, batch_size, Path(scratch) / "run", list(extra))
-    after = steps * batch_size / time_steps(step, steps, warmup=1)
+    wall_after, cpu_after = time_steps(step, steps, warmup=1)
+    images_timed = steps * batch_size
+    before, after = images_timed / wall_before, images_timed / wall_after
     bare = (before + after) / 2
+    bare_cpu = 2 * images_timed / (cpu_before + cpu_after)
     return {"model": model_name, "batch_size": batch_size, "identities": num_classes, "images": images,
             "train_py_options": " ".join(extra), "bare_images_per_s_before": before,
-            "bare_images_per_s_after": after, "bare_images_per_s": bare, **loop,
-            "ratio": loop["images_per_s"] / bare, "ratio_acceptance_formula": loop["images_per_s_acceptance"] / bare}
+            "bare_images_per_s_after": after, "bare_images_per_s": bare, "bare_images_per_cpu_s": bare_cpu, **loop,
+            "ratio": loop["images_per_s"] / bare, "ratio_cpu": loop["images_per_cpu_s"] / bare_cpu,
+            "ratio_acceptance_formula": loop["images_per_s_acceptance"] / bare}
+
+
+def compare_xla(model_name: str, batch_size: int, num_classes: int, steps: int, rounds: int = 3) -> dict:
+    """Bare step images/s without and with XLA (`jit_compile`), interleaved round by round; best round each."""
+    plain = make_bare_step(model_name, batch_size, num_classes, jit_compile=False)
+    started = time.perf_counter()
+    xla = make_bare_step(model_name, batch_size, num_classes, jit_compile=True)
+    time_steps(xla, 0, warmup=1)
+    compile_seconds = time.perf_counter() - started
+    best = {"plain": 0.0, "xla": 0.0}
+    for _ in range(rounds):
+        for name, step in (("plain", plain), ("xla", xla)):
+            wall, _ = time_steps(step, steps, warmup=1)
+            best[name] = max(best[name], steps * batch_size / wall)
+    return {"plain_images_per_s": best["plain"], "xla_images_per_s": best["xla"],
+            "xla_over_plain": best["xla"] / best["plain"], "xla_first_call_seconds": compile_seconds}
 
 
 def peak_rss_mb(num_classes: int, model_name: str = "GhostFaceNetV1-1.3-2", batch_size: int = 64) -> float:
@@ -171,20 +192,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-options", default="", help="extra train.py options, e.g. '--steps-per-execution 4'")
     parser.add_argument("--memory", default="", help="comma-separated identity counts for the peak-RSS rows")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--xla", action="store_true", help="only compare the bare step with and without XLA")
     parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
         memory_worker(args.memory_worker, args.model, args.batch_size)
         return 0
     results: dict = {}
+    if args.xla:
+        results["xla"] = compare_xla(args.model, args.batch_size, 219, steps=4)
+        print(json.dumps(results["xla"]))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        return 0
     with tempfile.TemporaryDirectory(prefix="subset_") as scratch:
         data = Path(args.data)
         if args.identities:
             data = subset_folder(data, args.identities, Path(scratch) / "subset")
         results["throughput"] = measure_throughput(data, args.model, args.batch_size, args.train_options.split())
     row = results["throughput"]
-    print(f"train.py / bare step: {row['ratio']:.3f}  ({row['images_per_s']:.1f} vs {row['bare_images_per_s']:.1f} "
-          f"img/s; bare before {row['bare_images_per_s_before']:.1f}, after {row['bare_images_per_s_after']:.1f})")
+    print(f"train.py / bare step: {row['ratio']:.3f} wall ({row['images_per_s']:.1f} vs {row['bare_images_per_s']:.1f} "
+          f"img/s; bare before {row['bare_images_per_s_before']:.1f}, after {row['bare_images_per_s_after']:.1f}), "
+          f"{row['ratio_cpu']:.3f} CPU time ({row['images_per_cpu_s']:.2f} vs {row['bare_images_per_cpu_s']:.2f} "
+          "images per CPU-second)")
     if args.memory:
         results["memory"] = measure_memory([int(c) for c in args.memory.split(",")], "GhostFaceNetV1-1.3-2",
                                            args.batch_size)

@@ -342,3 +342,12 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert cli.main(["--output", str(tmp_path / "run")]) == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_steps_per_execution_trains_every_batch_and_keeps_the_schedule(tmp_path):
+    schedule = CosineRestarts(0.05, first_restart_epochs=2, steps_per_epoch=4, lr_min=1e-3)
+    trainer = Trainer(_embedding_model(), _data(), CLASSES, tmp_path, schedule=schedule, verbose=0,
+                      steps_per_execution=3)  # 4 batches per epoch: executions of 3 then 1
+    records = trainer.fit([Stage(2, ArcFace(scale=16), keras.optimizers.SGD(0.05))])
+    assert int(trainer.model.optimizer.iterations) == 8
+    np.testing.assert_allclose([r["lr"] for r in records], [float(schedule(0)), float(schedule(4))], rtol=1e-6)
