@@ -10,16 +10,31 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ghostface_keras.errors import ExportError
+from ghostface_keras.export.equalize import equalize_channel_ranges
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
 from ghostface_keras.export.saved_model import _write_saved_model
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# channel ranges are measured on this many calibration images (a max over them, like the converter's)
+EQUALIZATION_IMAGES = 64
 
 
 # TFLite ops that compute tensor shapes at run time (the official V1 conversion has SHAPE -> STRIDED_SLICE ->
 # PACK feeding the SE reshape); with them XNNPACK cannot delegate the whole graph.
 DYNAMIC_SHAPE_OPS = frozenset({"SHAPE", "BROADCAST_ARGS"})
+
+
+def _as_image_array(images: Iterable[np.ndarray] | None) -> np.ndarray | None:
+    """Calibration images as one (N, H, W, C) float32 array (an iterable is read once)."""
+    if images is None:
+        return None
+    array = np.asarray(images if isinstance(images, np.ndarray) else list(images), dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or len(array) == 0:
+        raise ExportError(f"representative_data must be (N, H, W, C) images, got shape {array.shape}")
+    return array
 
 
 def _representative_dataset(images: Iterable[np.ndarray]) -> Callable[[], Iterable[list[np.ndarray]]]:
@@ -61,6 +76,7 @@ def export_tflite(
     representative_data: Iterable[np.ndarray] | None = None,
     int8_io: bool = False,
     batch_size: int = 1,
+    equalize: bool = True,
 ) -> Path:
     """Convert `model` to a TFLite flatbuffer with a static batch and only builtin ops.
 
@@ -75,6 +91,9 @@ def export_tflite(
         int8_io: with ``"int8"``, make the input and output tensors int8 too (otherwise they stay
             float32 and the model quantizes / dequantizes at its edges).
         batch_size: the static batch of the signature; keep 1 for phones (XNNPACK).
+        equalize: with ``"int8"``, balance per-channel activation ranges first
+            (`equalize_channel_ranges`, same function): trained models with large PReLU slopes
+            need it.
 
     Example:
         >>> export_tflite(model, "face_int8.tflite", "int8", representative_data=train_faces[:200])
@@ -85,7 +104,12 @@ def export_tflite(
     if quantization not in QUANTIZATIONS:
         raise ExportError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     path = Path(path)
-    traced = xnnpack_int8_equivalent(model) if quantization == "int8" else model
+    traced = model
+    if quantization == "int8":
+        representative_data = _as_image_array(representative_data)
+        if equalize and representative_data is not None:
+            traced = equalize_channel_ranges(model, representative_data[:EQUALIZATION_IMAGES])
+        traced = xnnpack_int8_equivalent(traced)
     with tempfile.TemporaryDirectory(prefix="ghostface_export_") as staging:
         _write_saved_model(traced, Path(staging), batch_size, uint8_signature=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["serving_default"])

@@ -1,0 +1,167 @@
+"""Per-channel range equalization before full-integer quantization, without changing the function.
+
+Full-int8 TFLite quantizes every activation tensor with ONE scale. Trained GhostFaceNets have PReLU
+slopes as large as +-16, so a few channels of a ghost module's output span +-800 while the others
+span +-50: with one scale those channels leave 2-3 levels to the rest, and the embedding of the
+released GhostFaceNetV1-0.5-2 collapses (cosine 0.09 to fp32). PReLU commutes with a positive
+per-channel scale (prelu(x / s) = prelu(x) / s), so a channel can be divided by s at its producer
+(the BatchNormalization's gamma and beta, or a biased conv) and multiplied back in its consumers'
+weights (a depthwise conv's channel, or a conv's input column). The int8 converter then sees
+balanced channel ranges; per-channel weight quantization absorbs the weight changes.
+
+Only tensors whose every consumer can absorb the scale are touched (concat outputs of the ghost
+modules with activations, the final PReLU before the GDC head, SE activations); tensors that flow
+into a residual Add are left alone.
+
+Example:
+    >>> balanced = equalize_channel_ranges(model, train_faces[:64])
+    >>> np.allclose(balanced(x), model(x), atol=1e-3)
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# A tensor is equalized only when its widest channel range exceeds the median one by this factor:
+# below it, one scale already resolves every channel and rescaling conv inputs only costs weight precision.
+MIN_RANGE_RATIO = 8.0
+
+
+class _NotAbsorbable(ValueError):
+    """A consumer of a tensor cannot take a per-channel scale without changing the function."""
+
+
+def _graph_edges(model) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Producers and consumers of every layer of a functional model, by layer name."""
+    import keras
+
+    producers: dict[str, list[str]] = {}
+    consumers: dict[str, list[str]] = {}
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            sources = [tensor._keras_history.operation.name for tensor in keras.tree.flatten(node.input_tensors)]
+            producers[layer.name] = sources
+            for source in sources:
+                consumers.setdefault(source, []).append(layer.name)
+    return producers, consumers
+
+
+class _ScalePlan:
+    """The weight edits that divide one tensor's channels by `s` and undo it in its consumers."""
+
+    def __init__(self, model, producers, consumers):
+        self.model, self.producers, self.consumers = model, producers, consumers
+        self.edits: list[tuple[str, str, np.ndarray]] = []
+
+    def divide_output(self, name: str, scale: np.ndarray, came_from: str | None = None) -> None:
+        import keras
+
+        layers = keras.layers
+        layer = self.model.get_layer(name)
+        if isinstance(layer, layers.BatchNormalization) and layer.scale and layer.center:
+            self.edits.append(("divide_bn", name, scale))
+        elif type(layer) is layers.Conv2D and layer.use_bias:
+            self.edits.append(("divide_conv_output", name, scale))
+        elif isinstance(layer, (layers.PReLU, layers.ZeroPadding2D)):
+            self.divide_output(self.producers[name][0], scale, came_from=name)
+        elif isinstance(layer, layers.Concatenate) and layer.axis in (-1, 3):
+            start = 0
+            for part in self.producers[name]:
+                width = self.model.get_layer(part).output.shape[-1]
+                self.divide_output(part, scale[start : start + width], came_from=name)
+                start += width
+        else:
+            raise _NotAbsorbable(f"cannot scale the output of {name}")
+        for consumer in self.consumers.get(name, []):
+            if consumer != came_from:
+                self.absorb(consumer, name, scale)
+
+    def absorb(self, name: str, source: str, scale: np.ndarray) -> None:
+        import keras
+
+        layers = keras.layers
+        layer = self.model.get_layer(name)
+        single_input = self.producers[name] == [source]
+        if isinstance(layer, (layers.DepthwiseConv2D, layers.Conv2D)) and single_input:
+            self.edits.append(("multiply_conv_input", name, scale))
+        elif isinstance(layer, (layers.GlobalAveragePooling2D, layers.ZeroPadding2D, layers.Dropout)) or (
+            isinstance(layer, layers.Multiply) and self.producers[name].count(source) == 1
+        ):
+            # linear per channel: the output carries the same scale on to the next consumers
+            for consumer in self.consumers.get(name, []):
+                self.absorb(consumer, name, scale)
+        else:
+            raise _NotAbsorbable(f"{name} cannot absorb a channel scale")
+
+    def apply(self) -> None:
+        for kind, name, scale in self.edits:
+            layer = self.model.get_layer(name)
+            weights = layer.get_weights()
+            if kind == "divide_bn":  # gamma, beta, moving mean, moving variance
+                weights[0], weights[1] = weights[0] / scale, weights[1] / scale
+            elif kind == "divide_conv_output":  # kernel (kh, kw, in, out), bias (out,)
+                weights[0], weights[1] = weights[0] / scale, weights[1] / scale
+            else:  # conv kernel (kh, kw, in, out) or depthwise kernel (kh, kw, channels, multiplier)
+                weights[0] = weights[0] * scale.reshape(1, 1, -1, 1)
+            layer.set_weights(weights)
+
+
+def _candidates(model, producers, consumers) -> list[str]:
+    """Concatenate outputs, and PReLU outputs that do not feed a Concatenate, that can be rescaled."""
+    import keras
+
+    layers = keras.layers
+    names = []
+    for layer in model.layers:
+        feeds_concat = any(isinstance(model.get_layer(c), layers.Concatenate) for c in consumers.get(layer.name, []))
+        if isinstance(layer, layers.Concatenate) or (isinstance(layer, layers.PReLU) and not feeds_concat):
+            try:
+                _ScalePlan(model, producers, consumers).divide_output(layer.name, np.ones(layer.output.shape[-1]))
+            except _NotAbsorbable:
+                continue
+            names.append(layer.name)
+    return names
+
+
+def equalize_channel_ranges(model, images: np.ndarray, min_range_ratio: float = MIN_RANGE_RATIO):
+    """A copy of `model` computing the same function with balanced per-channel activation ranges.
+
+    Args:
+        model: a functional Keras model (GhostFaceNets, MobileFaceNet); it is not modified.
+        images: normalized calibration faces, ``(N, H, W, C)`` float32; a few dozen suffice.
+        min_range_ratio: equalize a tensor only when max / median of its channel ranges exceeds it.
+
+    Example:
+        >>> balanced = equalize_channel_ranges(model, train_faces[:64])
+        >>> export_tflite(balanced, "face_int8.tflite", "int8", train_faces, equalize=False)
+    """
+    import keras
+
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    producers, consumers = _graph_edges(twin)
+    names = _candidates(twin, producers, consumers)
+    if not names:
+        return twin
+    probe = keras.Model(twin.input, [twin.get_layer(name).output for name in names])
+    outputs = probe.predict(np.asarray(images, np.float32), batch_size=16, verbose=0)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    equalized = 0
+    for name, output in zip(names, outputs):
+        ranges = np.abs(np.asarray(output)).reshape(-1, output.shape[-1]).max(axis=0)
+        median = float(np.median(ranges))
+        if median <= 0 or ranges.max() < min_range_ratio * median:
+            continue
+        # dead channels (range ~0) keep scale 1: blowing them up would only amplify rounding noise
+        scale = np.where(ranges > 1e-3 * median, ranges / median, 1.0).astype(np.float32)
+        plan = _ScalePlan(twin, producers, consumers)
+        plan.divide_output(name, scale)
+        plan.apply()
+        equalized += 1
+    logger.info("equalized the channel ranges of %d of %d rescalable tensors", equalized, len(names))
+    return twin
