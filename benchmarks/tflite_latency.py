@@ -32,6 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ghostface_keras import export  # noqa: E402
+from ghostface_keras.export.parity import _cosines  # noqa: E402
+from ghostface_keras.preprocessing import normalize_images  # noqa: E402
 
 logger = logging.getLogger("tflite_latency")
 SHARED = Path(os.environ.get("GHOSTFACE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -54,7 +56,7 @@ def real_or_smooth_images(split: str, count: int, seed: int) -> np.ndarray:
     logger.warning("%s not found: using smooth random images (int8 accuracy figures are then indicative)", FACES)
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (count, 8, 8, 3)).astype(np.uint8)
-    return export.normalize_images(np.repeat(np.repeat(coarse, 14, axis=1), 14, axis=2))
+    return normalize_images(np.repeat(np.repeat(coarse, 14, axis=1), 14, axis=2))
 
 
 def peak_mac_rates(folder: Path, rounds: int) -> dict[str, float]:
@@ -86,7 +88,7 @@ def export_variant(name: str, folder: Path, calibration: np.ndarray, parity: np.
     rows = []
     for quantization in QUANTIZATIONS:
         path = export.export_tflite(model, folder / f"{name}_{quantization}.tflite", quantization, calibration)
-        cosines = export._cosines(export.run_tflite(path, parity), reference)
+        cosines = _cosines(export.run_tflite(path, parity), reference)
         rows.append({
             "model": name, "quantization": quantization, "path": path, "macs": macs,
             "size_mib": path.stat().st_size / 2**20, "min_cosine": float(cosines.min()),
