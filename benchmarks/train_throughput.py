@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", default="", help="comma-separated identity counts for the peak-RSS rows")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--xla", action="store_true", help="only compare the bare step with and without XLA")
+    parser.add_argument("--memory-only", action="store_true", help="only the --memory rows")
     parser.add_argument("--memory-worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_worker:
@@ -205,22 +206,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
         return 0
-    with tempfile.TemporaryDirectory(prefix="subset_") as scratch:
-        data = Path(args.data)
-        if args.identities:
-            data = subset_folder(data, args.identities, Path(scratch) / "subset")
-        results["throughput"] = measure_throughput(data, args.model, args.batch_size, args.train_options.split())
-    row = results["throughput"]
-    print(f"train.py / bare step: {row['ratio']:.3f} wall ({row['images_per_s']:.1f} vs {row['bare_images_per_s']:.1f} "
-          f"img/s; bare before {row['bare_images_per_s_before']:.1f}, after {row['bare_images_per_s_after']:.1f}), "
-          f"{row['ratio_cpu']:.3f} CPU time ({row['images_per_cpu_s']:.2f} vs {row['bare_images_per_cpu_s']:.2f} "
-          "images per CPU-second)")
+    if not args.memory_only:
+        with tempfile.TemporaryDirectory(prefix="subset_") as scratch:
+            data = Path(args.data)
+            if args.identities:
+                data = subset_folder(data, args.identities, Path(scratch) / "subset")
+            results["throughput"] = measure_throughput(data, args.model, args.batch_size, args.train_options.split())
+        print_throughput(results["throughput"])
     if args.memory:
         results["memory"] = measure_memory([int(c) for c in args.memory.split(",")], "GhostFaceNetV1-1.3-2",
                                            args.batch_size)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def print_throughput(row: dict) -> None:
+    print(f"train.py / bare step: {row['ratio']:.3f} wall ({row['images_per_s']:.1f} vs {row['bare_images_per_s']:.1f} "
+          f"img/s; bare before {row['bare_images_per_s_before']:.1f}, after {row['bare_images_per_s_after']:.1f}), "
+          f"{row['ratio_cpu']:.3f} CPU time ({row['images_per_cpu_s']:.2f} vs {row['bare_images_per_cpu_s']:.2f} "
+          "images per CPU-second)")
 
 
 if __name__ == "__main__":

@@ -189,6 +189,8 @@ class Trainer:
         self.stop_at_accuracy = stop_at_accuracy
         self.steps_per_epoch = int(steps_per_epoch or self._infer_steps(train_data))
         self._prepare_output_dir()
+        self._frozen_layers = [layer for layer in embedding_model._flatten_layers(include_self=False)
+                               if not layer.trainable]
         with self.strategy.scope():
             self.head = NormDense(self.num_classes, sub_centers=sub_centers, name="norm_dense")
             self.head.build((None, int(embedding_model.output_shape[-1])))
@@ -223,7 +225,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- model per stage
     def _build_model(self, stage: Stage) -> keras.Model:
-        self.embedding_model.trainable = not stage.freeze_backbone
+        self._set_backbone_trainable(not stage.freeze_backbone)
         self.head.append_norm = bool(getattr(stage.loss, "needs_norm", False))
         inputs = keras.Input(self.embedding_model.input_shape[1:], name="image")
         outputs = self.head(self.embedding_model(inputs))
@@ -382,10 +384,21 @@ class Trainer:
         """Save the embedding model (the deliverable) as `.keras`, atomically; default `output_dir/model.keras`."""
         target = Path(path) if path else self.output_dir / MODEL_FILE
         trainable = self.embedding_model.trainable
-        self.embedding_model.trainable = True
+        self.embedding_model.trainable = True  # the saved model is a plain, fully trainable model
         write_atomically(target, lambda p: self.embedding_model.save(p))
-        self.embedding_model.trainable = trainable
+        self._set_backbone_trainable(trainable)
         return target
+
+    def _set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze or unfreeze the embedding model, keeping the layers frozen by the caller frozen.
+
+        Keras' `model.trainable = True` unfreezes every sublayer, which would silently undo e.g. the
+        frozen BatchNorm layers of fine-tuning (they would switch to batch statistics).
+        """
+        self.embedding_model.trainable = trainable
+        if trainable:
+            for layer in self._frozen_layers:
+                layer.trainable = False
 
 
 class _StateCheckpoint(keras.callbacks.Callback):

@@ -351,3 +351,17 @@ def test_steps_per_execution_trains_every_batch_and_keeps_the_schedule(tmp_path)
     records = trainer.fit([Stage(2, ArcFace(scale=16), keras.optimizers.SGD(0.05))])
     assert int(trainer.model.optimizer.iterations) == 8
     np.testing.assert_allclose([r["lr"] for r in records], [float(schedule(0)), float(schedule(4))], rtol=1e-6)
+
+
+def test_layers_frozen_by_the_caller_stay_frozen_through_stages_and_saves(tmp_path):
+    model = _embedding_model()
+    batch_norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    batch_norm.trainable = False  # fine-tuning keeps pretrained BatchNorm statistics
+    moving_mean = batch_norm.moving_mean.numpy().copy()
+    trainer = Trainer(model, _data(), CLASSES, tmp_path, verbose=0)
+    trainer.fit([Stage(1, ArcFace(scale=16), keras.optimizers.SGD(0.05), freeze_backbone=True),
+                 Stage(1, ArcFace(scale=16), keras.optimizers.SGD(0.05))])
+    assert not batch_norm.trainable
+    np.testing.assert_array_equal(batch_norm.moving_mean.numpy(), moving_mean)
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.trainable
