@@ -313,3 +313,35 @@ def test_equalization_keeps_the_function_and_balances_channel_ranges(images):
         return out.max() / np.median(out)
 
     assert range_ratio(balanced) < range_ratio(model) / 2
+
+
+def test_percentile_range_matches_numpy_quantiles():
+    from ghostface_keras.export.activation_ranges import percentile_range
+
+    values = np.concatenate([np.random.default_rng(0).normal(0.5, 1.0, 200_000), [80.0, -60.0]])
+    low, high = values.min(), values.max()
+    counts = np.histogram(values, bins=4096, range=(low, high))[0]
+    bin_width = (high - low) / 4096
+    clipped = percentile_range(low, high, counts, 99.9)
+    expected = np.quantile(values, [0.001, 0.999])
+    np.testing.assert_allclose(clipped, expected, atol=2 * bin_width)
+    assert percentile_range(0.5, 2.0, np.ones(10), 99.0)[0] == 0.0  # zero stays inside the range
+
+
+def test_percentile_clipping_cuts_an_outlier_channel_range(tmp_path):
+    """The int8 output scale follows the 99.99th percentile of the activations, not one outlier."""
+    inputs = keras.Input((8, 8, 1))
+    scaled = keras.layers.Conv2D(4, 1, use_bias=False, name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.Flatten()(scaled))
+    model.get_layer("conv").set_weights([np.ones((1, 1, 1, 4), np.float32)])
+    images = np.random.default_rng(1).uniform(-1, 1, (200, 8, 8, 1)).astype(np.float32)
+    images[0, 0, 0, 0] = 50.0  # 4 output values of 51200 far outside the bulk
+    clipped = export.export_tflite(model, tmp_path / "p.tflite", "int8", images, equalize=False,
+                                   int8_io=True)
+    plain = export.export_tflite(model, tmp_path / "m.tflite", "int8", images, equalize=False, int8_io=True,
+                                 activation_percentile=None)
+    scale = {name: export.make_interpreter(path).get_output_details()[0]["quantization"][0]
+             for name, path in (("clipped", clipped), ("plain", plain))}
+    np.testing.assert_allclose(scale["plain"], (50.0 - images.min()) / 255, rtol=0.02)
+    low, high = np.quantile(np.asarray(model(images)), [0.0001, 0.9999])
+    np.testing.assert_allclose(scale["clipped"], (high - low) / 255, rtol=0.02)

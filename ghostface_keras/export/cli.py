@@ -15,6 +15,7 @@ from ghostface_keras.export.images import load_model_for_export, sample_images
 from ghostface_keras.export.onnx import export_onnx
 from ghostface_keras.export.parity import check_parity
 from ghostface_keras.export.saved_model import _model_input_shape, export_saved_model
+from ghostface_keras.export.activation_ranges import DEFAULT_PERCENTILE
 from ghostface_keras.export.tflite import QUANTIZATIONS, export_tflite
 from ghostface_keras.preprocessing import normalize_images
 
@@ -41,6 +42,8 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--parity-size", type=int, default=32)
     parser.add_argument("--int8-io", action="store_true", help="int8 input/output tensors (int8 only)")
+    parser.add_argument("--activation-percentile", type=float, default=DEFAULT_PERCENTILE,
+                        help="int8: activation ranges from this percentile of the calibration values (100 = min/max)")
     parser.add_argument("--batch-size", type=int, default=1, help="static batch of the exported signature")
     parser.add_argument("--no-uint8-signature", action="store_true", help="SavedModel: float32 signature only")
     parser.add_argument("--threads", default="1,2", help="LiteRT latency thread counts, comma separated")
@@ -72,7 +75,8 @@ def _export(args: argparse.Namespace, model, height_width: tuple[int, int]) -> P
         if not args.calibration_data:
             raise ExportError("--quantization int8 needs --calibration-data DIR (aligned faces)")
         calibration = sample_images(args.calibration_data, args.calibration_size, seed=0, size=height_width)
-    return export_tflite(model, args.output, args.quantization, calibration, args.int8_io, args.batch_size)
+    return export_tflite(model, args.output, args.quantization, calibration, args.int8_io, args.batch_size,
+                         activation_percentile=args.activation_percentile)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ghostface_keras.errors import ExportError
+from ghostface_keras.export.activation_ranges import DEFAULT_PERCENTILE, clip_activation_ranges
 from ghostface_keras.export.equalize import equalize_channel_ranges
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
@@ -77,6 +78,7 @@ def export_tflite(
     int8_io: bool = False,
     batch_size: int = 1,
     equalize: bool = True,
+    activation_percentile: float | None = DEFAULT_PERCENTILE,
 ) -> Path:
     """Convert `model` to a TFLite flatbuffer with a static batch and only builtin ops.
 
@@ -94,6 +96,9 @@ def export_tflite(
         equalize: with ``"int8"``, balance per-channel activation ranges first
             (`equalize_channel_ranges`, same function): trained models with large PReLU slopes
             need it.
+        activation_percentile: with ``"int8"``, quantize each activation over the
+            (100 - p)th..p-th percentile of its calibration values instead of their min..max
+            (`clip_activation_ranges`); ``None`` keeps the converter's min/max.
 
     Example:
         >>> export_tflite(model, "face_int8.tflite", "int8", representative_data=train_faces[:200])
@@ -116,12 +121,30 @@ def export_tflite(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         _configure_quantization(converter, quantization, representative_data, int8_io)
         try:
-            flatbuffer = converter.convert()
+            if quantization == "int8" and activation_percentile is not None:
+                flatbuffer = _quantize_with_percentile_ranges(
+                    converter, representative_data, activation_percentile, int8_io
+                )
+            else:
+                flatbuffer = converter.convert()
         except Exception as error:  # the converter raises several unrelated types
             raise ExportError(f"{path}: TFLite conversion failed ({quantization}): {error}") from error
     _write_atomically(path, flatbuffer)
     _check_static_builtin_graph(path)
     return path
+
+
+def _quantize_with_percentile_ranges(converter, images: np.ndarray, percentile: float, int8_io: bool) -> bytes:
+    """The converter's int8 flow split in two: calibrate, clip the ranges to percentiles, quantize."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    converter._experimental_calibrate_only = True  # the documented hook of tf.lite's QuantizationDebugger
+    calibrated = converter.convert()
+    io_type = tf.int8 if int8_io else tf.float32
+    return mlir_quantize(
+        clip_activation_ranges(calibrated, images, percentile), input_data_type=io_type, output_data_type=io_type
+    )
 
 
 def _check_static_builtin_graph(path: Path) -> None:

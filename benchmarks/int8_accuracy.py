@@ -1,0 +1,59 @@
+"""Full-int8 mean cosine to our fp32 TFLite on real aligned faces, per activation-range method, plus size
+and LiteRT latency (1 thread, median of interleaved rounds). Needs ../shared.
+
+    python benchmarks/int8_accuracy.py [--percentiles 99.99 100]
+"""
+import argparse
+import glob
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ghostface_keras import convert
+from ghostface_keras.export import export_tflite, load_face_images, run_tflite, sample_images, tflite_latency_ms
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODELS = {
+    "official fixture V1-1.3-2": SHARED / "reference/official/ghostfacenetv1-w1.3-s2/model.h5",
+    "released GN_W0.5_S2": SHARED / "data/ghostfacenets_pretrained/GN_W0.5_S2_ArcFace_epoch16.h5",
+}
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--percentiles", type=float, nargs="+", default=[100.0, 99.99])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    train = sample_images(SHARED / "data/celeba_aligned112/train", 200)
+    val = load_face_images([Path(p) for p in sorted(glob.glob(str(SHARED / "data/celeba_aligned112/val/*/*.jpg")))[:64]])
+    print("| weights | int8 activation ranges | mean cosine | min cosine | MiB | ms (1 thread) | x fp32 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as folder:
+        for label, h5 in MODELS.items():
+            model = convert.load_official(str(h5))
+            files = {"fp32": export_tflite(model, Path(folder) / "fp32.tflite")}
+            for p in args.percentiles:
+                files[p] = export_tflite(model, Path(folder) / f"int8_{p}.tflite", "int8", train,
+                                         activation_percentile=None if p >= 100 else p)
+            reference = run_tflite(files["fp32"], val)
+            times = {key: [] for key in files}
+            for _ in range(args.rounds):  # interleaved: load drifts on this shared machine
+                for key, path in files.items():
+                    times[key].append(tflite_latency_ms(path, num_threads=1, repeats=30))
+            for key, path in files.items():
+                c = cosines(run_tflite(path, val), reference)
+                ratio = np.median(np.array(times[key]) / np.array(times["fp32"]))
+                name = "float32" if key == "fp32" else ("min/max" if key >= 100 else f"percentile {key}")
+                print(f"| {label} | {name} | {c.mean():.4f} | {c.min():.4f} | {path.stat().st_size / 2**20:.2f} "
+                      f"| {np.median(times[key]):.2f} | {ratio:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
