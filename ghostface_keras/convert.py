@@ -459,7 +459,12 @@ def load_official(path: str, **overrides):
         >>> model.output_shape
         (None, 512)
     """
-    path = os.fspath(path)
+    model, _ = _convert(os.fspath(path), **overrides)
+    return model
+
+
+def _convert(path: str, **overrides):
+    """`(model, inferred variant)` of an official file, reading and parsing it once."""
     layers, outputs, attrs = _read_official(path)
     variant = _infer_variant(path, layers, outputs, attrs)
     model = variant.build(**overrides)
@@ -484,7 +489,7 @@ def load_official(path: str, **overrides):
                                   f"{our_name!r} expects {expected}")
         mine.set_weights(theirs.weights)
     log.info("converted %s as %s (%d layers with weights)", path, variant.name, len(pairs))
-    return model
+    return model, variant
 
 
 def convert_file(source: str, destination: str, check_batch: int = 4, seed: int = 0) -> Tuple[OfficialVariant, float]:
@@ -498,8 +503,7 @@ def convert_file(source: str, destination: str, check_batch: int = 4, seed: int 
 
     if not destination.endswith(".keras"):
         raise ConversionError(f"{destination}: the output must be a .keras file")
-    model = load_official(source)
-    variant = _infer_variant(source, *_read_official(source))
+    model, variant = _convert(os.fspath(source))
     directory = os.path.dirname(os.path.abspath(destination))
     os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f".{os.path.basename(destination)}.partial.keras")

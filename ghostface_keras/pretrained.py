@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
 from ghostface_keras.errors import GhostFaceError, ModelNameError
+from ghostface_keras.registry import canonical_name
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def get_checkpoint(name: str) -> Checkpoint:
         >>> get_checkpoint("GhostFaceNetV1-0.5-2").filename
         'GN_W0.5_S2_ArcFace_epoch16.h5'
     """
-    key = name.strip().lower().replace("-1.0-", "-1-")
+    key = canonical_name(name)
     key = DEFAULT_FOR_MODEL.get(key, key)
     if key not in CHECKPOINTS:
         raise ModelNameError(f"no released checkpoint named {name!r}; known: {', '.join(list_pretrained())}")

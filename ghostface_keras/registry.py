@@ -138,7 +138,7 @@ def _other_specs() -> List[ModelSpec]:
 _REGISTRY: Dict[str, ModelSpec] = {}
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     """Case-folded name with widths normalized ("1.0" -> "1"), so equivalent spellings match."""
     key = name.strip().lower()
     return re.sub(r"-(\d+)\.0(?=-|$)", r"-\1", key)
@@ -150,7 +150,7 @@ def register_model(spec: ModelSpec) -> None:
     Example:
         >>> register_model(ModelSpec("MyGhostFaceNet", GhostFaceNetV1, {"width": 0.75}))
     """
-    key = _canonical(spec.name)
+    key = canonical_name(spec.name)
     if key in _REGISTRY:
         raise ValueError(f"a model named {spec.name!r} is already registered")
     _REGISTRY[key] = spec
@@ -168,7 +168,7 @@ def get_model_spec(name: str) -> ModelSpec:
         True
     """
     try:
-        return _REGISTRY[_canonical(name)]
+        return _REGISTRY[canonical_name(name)]
     except KeyError:
         raise ModelNameError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
