@@ -1,10 +1,13 @@
 """Full-int8 mean cosine to our fp32 TFLite on real aligned faces, per activation-range method, plus size
 and LiteRT latency (1 thread, median of interleaved rounds). Needs ../shared.
 
-    python benchmarks/int8_accuracy.py [--percentiles 99.99 100]
+    python benchmarks/int8_accuracy.py [--percentiles 100 99.99 auto]
+
+"auto" is the export default (the percentile is chosen on held-out calibration images; the choice is logged).
 """
 import argparse
 import glob
+import logging
 import tempfile
 from pathlib import Path
 
@@ -28,9 +31,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--percentiles", type=float, nargs="+", default=[100.0, 99.99])
+    parser.add_argument("--percentiles", nargs="+", default=["100", "99.99", "auto"])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("ghostface_keras.export.activation_ranges").setLevel(logging.INFO)
     train = sample_images(SHARED / "data/celeba_aligned112/train", 200)
     val = load_face_images([Path(p) for p in sorted(glob.glob(str(SHARED / "data/celeba_aligned112/val/*/*.jpg")))[:64]])
     print("| weights | int8 activation ranges | mean cosine | min cosine | MiB | ms (1 thread) | x fp32 |")
@@ -40,8 +45,9 @@ def main() -> None:
             model = convert.load_official(str(h5))
             files = {"fp32": export_tflite(model, Path(folder) / "fp32.tflite")}
             for p in args.percentiles:
+                percentile = p if p == "auto" else (None if float(p) >= 100 else float(p))
                 files[p] = export_tflite(model, Path(folder) / f"int8_{p}.tflite", "int8", train,
-                                         activation_percentile=None if p >= 100 else p)
+                                         activation_percentile=percentile)
             reference = run_tflite(files["fp32"], val)
             times = {key: [] for key in files}
             for _ in range(args.rounds):  # interleaved: load drifts on this shared machine
@@ -50,7 +56,8 @@ def main() -> None:
             for key, path in files.items():
                 c = cosines(run_tflite(path, val), reference)
                 ratio = np.median(np.array(times[key]) / np.array(times["fp32"]))
-                name = "float32" if key == "fp32" else ("min/max" if key >= 100 else f"percentile {key}")
+                name = {"fp32": "float32", "auto": "percentile auto"}.get(key)
+                name = name or ("min/max" if float(key) >= 100 else f"percentile {key}")
                 print(f"| {label} | {name} | {c.mean():.4f} | {c.min():.4f} | {path.stat().st_size / 2**20:.2f} "
                       f"| {np.median(times[key]):.2f} | {ratio:.2f} |", flush=True)
 

@@ -315,6 +315,60 @@ def test_equalization_keeps_the_function_and_balances_channel_ranges(images):
     assert range_ratio(balanced) < range_ratio(model) / 2
 
 
+def _residual_stream_model(boost: float = 30.0) -> keras.Model:
+    """Stem -> two residual blocks summed into one stream -> conv head, with two loud channels."""
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.PReLU(shared_axes=[1, 2], name="stem_act")(x)
+    for block in (1, 2):
+        branch = layers.Conv2D(8, 1, use_bias=False, name=f"b{block}_conv")(x)
+        branch = layers.BatchNormalization(name=f"b{block}_bn")(branch)
+        x = layers.Add(name=f"b{block}_add")([x, branch])
+    head = layers.Conv2D(4, 1, name="head")(x)
+    model = keras.Model(inputs, layers.Flatten()(head))
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            gamma = rng.uniform(0.5, 1.5, 8).astype(np.float32)
+            gamma[:2] *= boost
+            layer.set_weights([gamma, rng.normal(0, 0.1, 8).astype(np.float32), mean, variance])
+    return model
+
+
+def test_equalization_rescales_a_whole_residual_stream(images):
+    from ghostface_keras.export.equalize import equalize_channel_ranges
+
+    model = _residual_stream_model()
+    faces = images[:, :8, :8, :]
+    balanced = equalize_channel_ranges(model, faces)
+    np.testing.assert_allclose(np.asarray(balanced(faces)), np.asarray(model(faces)), rtol=1e-4, atol=1e-4)
+
+    def range_ratio(m, name):
+        out = np.abs(np.asarray(keras.Model(m.input, m.get_layer(name).output)(faces))).reshape(-1, 8).max(0)
+        return out.max() / np.median(out)
+
+    for add in ("b1_add", "b2_add"):  # both Adds of the stream carry the same scale
+        assert range_ratio(model, add) > 10
+        assert range_ratio(balanced, add) < 3
+    # the stream's start (stem) and the branch BNs were divided; the head conv multiplies back
+    assert not np.allclose(balanced.get_layer("head").get_weights()[0], model.get_layer("head").get_weights()[0])
+
+
+def test_equalization_refuses_a_tensor_reached_twice(images):
+    from ghostface_keras.export.equalize import _candidates, _graph_edges
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.BatchNormalization(name="bn")(layers.Conv2D(4, 1, name="conv")(inputs))
+    doubled = layers.Add(name="twice")([x, x])  # dividing `bn` once per path would scale it twice
+    model = keras.Model(inputs, layers.Conv2D(2, 1, name="head")(doubled))
+    groups = _candidates(model, *_graph_edges(model))
+    assert "twice" not in groups
+
+
 def test_percentile_range_matches_numpy_quantiles():
     from ghostface_keras.export.activation_ranges import percentile_range
 
@@ -337,7 +391,7 @@ def test_percentile_clipping_cuts_an_outlier_channel_range(tmp_path):
     images = np.random.default_rng(1).uniform(-1, 1, (200, 8, 8, 1)).astype(np.float32)
     images[0, 0, 0, 0] = 50.0  # 4 output values of 51200 far outside the bulk
     clipped = export.export_tflite(model, tmp_path / "p.tflite", "int8", images, equalize=False,
-                                   int8_io=True)
+                                   int8_io=True, activation_percentile=99.99)
     plain = export.export_tflite(model, tmp_path / "m.tflite", "int8", images, equalize=False, int8_io=True,
                                  activation_percentile=None)
     scale = {name: export.make_interpreter(path).get_output_details()[0]["quantization"][0]
@@ -345,3 +399,38 @@ def test_percentile_clipping_cuts_an_outlier_channel_range(tmp_path):
     np.testing.assert_allclose(scale["plain"], (50.0 - images.min()) / 255, rtol=0.02)
     low, high = np.quantile(np.asarray(model(images)), [0.0001, 0.9999])
     np.testing.assert_allclose(scale["clipped"], (high - low) / 255, rtol=0.02)
+
+
+def test_auto_percentile_keeps_the_candidate_closest_to_float(tmp_path):
+    """'auto' scores every candidate on held-out calibration images; re-scoring the chosen file agrees."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+    from ghostface_keras.export import activation_ranges
+    from ghostface_keras.export.saved_model import _write_saved_model
+
+    model = tiny_face_model(1)
+    calibration = face_like_images(count=16, seed=5)
+    staging = tmp_path / "saved"
+    _write_saved_model(model, staging, 1, uint8_signature=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(staging), signature_keys=["serving_default"])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+
+    flatbuffer, chosen, scores = activation_ranges.quantize_with_best_percentile(
+        calibrated, calibration, lambda content: mlir_quantize(content), candidates=(99.0, 99.99, 100.0)
+    )
+    assert set(scores) == {99.0, 99.99, 100.0} and chosen == max(scores, key=scores.get)
+    path = tmp_path / "chosen.tflite"
+    path.write_bytes(flatbuffer)
+    held_out = calibration[-4:]  # min(32, 16 // 4) images held out of the histograms
+    ours, reference = export.run_tflite(path, held_out), np.asarray(model(held_out, training=False))
+    cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.mean() == pytest.approx(scores[chosen], abs=1e-3)
+
+
+def test_auto_percentile_needs_enough_calibration_images(tmp_path):
+    with pytest.raises(ExportError, match="at least 8 calibration images"):
+        export.export_tflite(tiny_face_model(1), tmp_path / "m.tflite", "int8", face_like_images(count=4))

@@ -15,7 +15,6 @@ from ghostface_keras.export.images import load_model_for_export, sample_images
 from ghostface_keras.export.onnx import export_onnx
 from ghostface_keras.export.parity import check_parity
 from ghostface_keras.export.saved_model import _model_input_shape, export_saved_model
-from ghostface_keras.export.activation_ranges import DEFAULT_PERCENTILE
 from ghostface_keras.export.tflite import QUANTIZATIONS, export_tflite
 from ghostface_keras.preprocessing import normalize_images
 
@@ -42,13 +41,23 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--parity-size", type=int, default=32)
     parser.add_argument("--int8-io", action="store_true", help="int8 input/output tensors (int8 only)")
-    parser.add_argument("--activation-percentile", type=float, default=DEFAULT_PERCENTILE,
-                        help="int8: activation ranges from this percentile of the calibration values (100 = min/max)")
+    parser.add_argument("--activation-percentile", type=_percentile, default="auto",
+                        help="int8: activation ranges from this percentile of the calibration values "
+                        "(100 = min/max); 'auto' (default) picks it on held-out calibration images")
     parser.add_argument("--batch-size", type=int, default=1, help="static batch of the exported signature")
     parser.add_argument("--no-uint8-signature", action="store_true", help="SavedModel: float32 signature only")
     parser.add_argument("--threads", default="1,2", help="LiteRT latency thread counts, comma separated")
     parser.add_argument("--output", required=True)
     return parser.parse_args(argv)
+
+
+def _percentile(text: str) -> float | str | None:
+    if text == "auto":
+        return text
+    value = float(text)
+    if not 50.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"percentile must be in (50, 100] or 'auto', got {text}")
+    return None if value == 100.0 else value
 
 
 def _parity_images(args: argparse.Namespace, height_width: tuple[int, int]) -> np.ndarray:

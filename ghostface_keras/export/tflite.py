@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ghostface_keras.errors import ExportError
-from ghostface_keras.export.activation_ranges import DEFAULT_PERCENTILE, clip_activation_ranges
+from ghostface_keras.export.activation_ranges import clip_activation_ranges, quantize_with_best_percentile
 from ghostface_keras.export.equalize import equalize_channel_ranges
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
@@ -78,7 +78,7 @@ def export_tflite(
     int8_io: bool = False,
     batch_size: int = 1,
     equalize: bool = True,
-    activation_percentile: float | None = DEFAULT_PERCENTILE,
+    activation_percentile: float | str | None = "auto",
 ) -> Path:
     """Convert `model` to a TFLite flatbuffer with a static batch and only builtin ops.
 
@@ -98,7 +98,9 @@ def export_tflite(
             need it.
         activation_percentile: with ``"int8"``, quantize each activation over the
             (100 - p)th..p-th percentile of its calibration values instead of their min..max
-            (`clip_activation_ranges`); ``None`` keeps the converter's min/max.
+            (`clip_activation_ranges`); ``"auto"`` (default) tries 99.9..99.999 and keeps the one
+            closest to float on held-out calibration images (`quantize_with_best_percentile`);
+            ``None`` keeps the converter's min/max.
 
     Example:
         >>> export_tflite(model, "face_int8.tflite", "int8", representative_data=train_faces[:200])
@@ -134,7 +136,7 @@ def export_tflite(
     return path
 
 
-def _quantize_with_percentile_ranges(converter, images: np.ndarray, percentile: float, int8_io: bool) -> bytes:
+def _quantize_with_percentile_ranges(converter, images: np.ndarray, percentile, int8_io: bool) -> bytes:
     """The converter's int8 flow split in two: calibrate, clip the ranges to percentiles, quantize."""
     import tensorflow as tf
     from tensorflow.lite.python.convert import mlir_quantize
@@ -142,9 +144,15 @@ def _quantize_with_percentile_ranges(converter, images: np.ndarray, percentile: 
     converter._experimental_calibrate_only = True  # the documented hook of tf.lite's QuantizationDebugger
     calibrated = converter.convert()
     io_type = tf.int8 if int8_io else tf.float32
-    return mlir_quantize(
-        clip_activation_ranges(calibrated, images, percentile), input_data_type=io_type, output_data_type=io_type
-    )
+
+    def quantize(flatbuffer: bytes) -> bytes:
+        return mlir_quantize(flatbuffer, input_data_type=io_type, output_data_type=io_type)
+
+    if percentile == "auto":
+        return quantize_with_best_percentile(calibrated, images, quantize)[0]
+    if isinstance(percentile, str):
+        raise ExportError(f"activation_percentile must be a number, 'auto' or None, got {percentile!r}")
+    return quantize(clip_activation_ranges(calibrated, images, float(percentile)))
 
 
 def _check_static_builtin_graph(path: Path) -> None:
