@@ -91,6 +91,15 @@ def test_tflite_file(model, images, tmp_path):
     np.testing.assert_allclose(result, _expected(model, images, True), atol=1e-4)
 
 
+def test_static_batch_tflite_export_is_fed_in_chunks(model, images, tmp_path):
+    """Our phone exports have a static batch of 1 that XNNPACK cannot resize: evaluation must still work."""
+    from ghostface_keras.export import export_tflite
+
+    path = export_tflite(model, tmp_path / "static.tflite")
+    result = e.extract_embeddings(str(path), images[:5], batch_size=4, progress=False)
+    np.testing.assert_allclose(result, _expected(model, images[:5], True), atol=1e-4)
+
+
 def test_wrong_paths_and_inputs_give_clear_errors(tmp_path, model):
     with pytest.raises(ModelLoadError, match="not found"):
         e.load_embedding_model(tmp_path / "missing.keras")

@@ -237,18 +237,31 @@ class TFLiteModel:
         self.output_detail = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(v) for v in self.input_detail["shape"])
         self._batch = self.input_shape[0]
+        # exports for phones trace a static batch (XNNPACK cannot reshape them): feed those in chunks
+        signature = self.input_detail.get("shape_signature")
+        self._static_batch = signature is not None and len(signature) > 0 and int(signature[0]) > 0
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = np.asarray(inputs, dtype=np.float32)
+        if self._static_batch:
+            outputs = []
+            for start in range(0, len(inputs), self._batch):
+                chunk = inputs[start : start + self._batch]
+                padding = np.repeat(chunk[-1:], self._batch - len(chunk), axis=0)
+                outputs.append(self._invoke(np.concatenate([chunk, padding]))[: len(chunk)])
+            return np.concatenate(outputs)
         if len(inputs) != self._batch:
             self.interpreter.resize_tensor_input(self.input_detail["index"], (len(inputs),) + inputs.shape[1:])
             self.interpreter.allocate_tensors()
             self.input_detail = self.interpreter.get_input_details()[0]
             self.output_detail = self.interpreter.get_output_details()[0]
             self._batch = len(inputs)
+        return self._invoke(inputs)
+
+    def _invoke(self, inputs: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input_detail["index"], _quantize(inputs, self.input_detail))
         self.interpreter.invoke()
-        return _dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
+        return np.array(_dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail))
 
 
 def _tflite_interpreter_class() -> type:
