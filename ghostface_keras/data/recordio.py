@@ -79,13 +79,7 @@ class RecordIOReader:
         offset = start = self.offsets[key]
         parts: list[bytes] = []
         while True:
-            head = os.pread(self._fd, 8, offset)
-            if len(head) < 8:
-                raise DataError(f"{self.rec_path}: record key {key} truncated at byte offset {offset} (file is {self._size} bytes)")
-            magic, lrecord = struct.unpack("<II", head)
-            if magic != MAGIC:
-                raise DataError(f"{self.rec_path}: record key {key}: bad magic 0x{magic:08X} at byte offset {offset} (corrupt file or wrong .idx)")
-            flag, length = lrecord >> 29, lrecord & LENGTH_MASK
+            flag, length = self._part_header(offset, f"record key {key}: ")
             data = os.pread(self._fd, length, offset + 8)
             if len(data) < length:
                 raise DataError(f"{self.rec_path}: record key {key} at byte offset {start} is truncated: {length} bytes announced, {len(data)} present")
@@ -101,18 +95,22 @@ class RecordIOReader:
         """`(header, data)` of record `key`; data is the encoded image for image records."""
         return unpack_payload(self.read_payload(key), f"{self.rec_path} record key {key} at byte offset {self.offsets.get(key)}")
 
+    def _part_header(self, offset: int, context: str = "") -> tuple[int, int]:
+        """`(flag, payload length)` of the record part at `offset`, or `DataError` naming file, `context`, offset."""
+        head = os.pread(self._fd, 8, offset)
+        if len(head) < 8:
+            raise DataError(f"{self.rec_path}: {context}truncated record header at byte offset {offset} (file is {self._size} bytes)")
+        magic, lrecord = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise DataError(f"{self.rec_path}: {context}bad magic 0x{magic:08X} at byte offset {offset} (corrupt file or wrong .idx)")
+        return lrecord >> 29, lrecord & LENGTH_MASK
+
     def _scan_offsets(self) -> dict[int, int]:
         """Without a .idx file: walk the records in order and number them 0, 1, 2... as they come."""
         offsets: dict[int, int] = {}
         offset, key, continuing = 0, 0, False
         while offset < self._size:
-            head = os.pread(self._fd, 8, offset)
-            if len(head) < 8:
-                raise DataError(f"{self.rec_path}: truncated record header at byte offset {offset}")
-            magic, lrecord = struct.unpack("<II", head)
-            if magic != MAGIC:
-                raise DataError(f"{self.rec_path}: bad magic 0x{magic:08X} at byte offset {offset}")
-            flag, length = lrecord >> 29, lrecord & LENGTH_MASK
+            flag, length = self._part_header(offset)
             if not continuing:
                 offsets[key] = offset
                 key += 1
