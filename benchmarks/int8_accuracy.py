@@ -20,6 +20,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODELS = {
     "official fixture V1-1.3-2": SHARED / "reference/official/ghostfacenetv1-w1.3-s2/model.h5",
     "released GN_W0.5_S2": SHARED / "data/ghostfacenets_pretrained/GN_W0.5_S2_ArcFace_epoch16.h5",
+    "official fixture V1-1.3-1": SHARED / "reference/official/ghostfacenetv1-w1.3-s1/model.h5",
+    "official fixture V1-1.0-2": SHARED / "reference/official/ghostfacenetv1-w1.0-s2/model.h5",
+    "official fixture V2-1.3-2": SHARED / "reference/official/ghostfacenetv2-w1.3-s2/model.h5",
+    "official fixture V2-1.3-1": SHARED / "reference/official/ghostfacenetv2-w1.3-s1/model.h5",
 }
 
 
@@ -33,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--percentiles", nargs="+", default=["100", "99.99", "auto"])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS)[:2],
+                        help="weights to measure (default: the V1-1.3-2 fixture and the released GN_W0.5)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ghostface_keras.export.activation_ranges").setLevel(logging.INFO)
@@ -41,7 +47,8 @@ def main() -> None:
     print("| weights | int8 activation ranges | mean cosine | min cosine | MiB | ms (1 thread) | x fp32 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as folder:
-        for label, h5 in MODELS.items():
+        for label in args.models:
+            h5 = MODELS[label]
             model = convert.load_official(str(h5))
             files = {"fp32": export_tflite(model, Path(folder) / "fp32.tflite")}
             for p in args.percentiles:
