@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from typing import Callable, Sequence
 
@@ -64,7 +65,8 @@ def activation_histograms(
     interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
     counts = {index: np.zeros(bins, np.int64) for index in ranges}
-    progress = keras.utils.Progbar(len(images), unit_name="image")
+    # a progress bar only on a terminal: piped CLI output and benchmark tables stay clean
+    progress = keras.utils.Progbar(len(images), unit_name="image") if sys.stdout.isatty() else None
     for number, image in enumerate(images, 1):
         interpreter.set_tensor(input_index, np.asarray(image, np.float32)[None])
         interpreter.invoke()
@@ -72,7 +74,8 @@ def activation_histograms(
             values = interpreter.get_tensor(index).ravel()
             positions = ((values - low) * (bins / max(high - low, 1e-12))).astype(np.int64)
             counts[index] += np.bincount(np.clip(positions, 0, bins - 1), minlength=bins)
-        progress.update(number)
+        if progress is not None:
+            progress.update(number)
     return counts
 
 
