@@ -142,13 +142,6 @@ def _run(content: bytes, images: np.ndarray) -> np.ndarray:
         return run_tflite(path, images)
 
 
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.reshape(len(a), -1)
-    b = b.reshape(len(b), -1)
-    products = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(products.mean())
-
-
 def quantize_with_best_percentile(
     calibrated: bytes,
     images: np.ndarray,
@@ -174,6 +167,8 @@ def quantize_with_best_percentile(
     Example:
         >>> flatbuffer, percentile, scores = quantize_with_best_percentile(calibrated, faces, mlir_quantize)
     """
+    from ghostface_keras.export.parity import _cosines
+
     held_out = min(SELECTION_IMAGES, len(images) // 4)
     if held_out < 2:
         raise ValueError(f"choosing an activation percentile needs at least 8 calibration images, got {len(images)}")
@@ -183,7 +178,7 @@ def quantize_with_best_percentile(
     scores, best = {}, None
     for percentile in candidates:
         quantized = quantize(_with_ranges(model, ranges, counts, percentile))
-        scores[percentile] = _mean_cosine(_run(quantized, selection), reference)
+        scores[percentile] = float(_cosines(_run(quantized, selection), reference).mean())
         if best is None or scores[percentile] > scores[best[0]]:
             best = (percentile, quantized)
     logger.info(
