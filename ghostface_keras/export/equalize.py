@@ -19,7 +19,7 @@ it back. Each group's scale follows the largest range each channel reaches in an
 
 Measured on 64 CelebA val faces, full int8 vs fp32 TFLite, mean cosine (200 calibration images,
 99.99th-percentile ranges): released GhostFaceNetV1-0.5-2 0.79 -> 0.88, official V1-1.3-2 fixture
-0.979 -> 0.982 (docs/export.md).
+0.979 -> 0.983 (docs/export.md).
 
 Example:
     >>> balanced = equalize_channel_ranges(model, train_faces[:64])
@@ -132,8 +132,10 @@ class _ScalePlan:
 def _candidates(model, producers, consumers) -> dict[str, list[str]]:
     """Rescalable tensors -> the full-width tensors that carry the same channel scale with them.
 
-    Candidates are Concatenate outputs, PReLU outputs that do not feed a Concatenate, and the last Add
-    of each residual stream (all Adds of the stream, its branches and its start share one scale).
+    Candidates are Concatenate outputs, PReLU outputs that do not feed a Concatenate, BatchNormalization
+    outputs whose consumers are all convs, and the last Add of each residual stream (all Adds of the
+    stream, its branches and its start share one scale). A candidate some consumer cannot absorb is
+    dropped, so the groups do not overlap.
     """
     import keras
 
