@@ -244,12 +244,9 @@ class TFLiteModel:
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = np.asarray(inputs, dtype=np.float32)
         if self._static_batch:
-            outputs = []
-            for start in range(0, len(inputs), self._batch):
-                chunk = inputs[start : start + self._batch]
-                padding = np.repeat(chunk[-1:], self._batch - len(chunk), axis=0)
-                outputs.append(self._invoke(np.concatenate([chunk, padding]))[: len(chunk)])
-            return np.concatenate(outputs)
+            from ghostface_keras.export.runtime import run_tflite  # chunks and pads to the fixed batch
+
+            return run_tflite(self.interpreter, inputs)
         if len(inputs) != self._batch:
             self.interpreter.resize_tensor_input(self.input_detail["index"], (len(inputs),) + inputs.shape[1:])
             self.interpreter.allocate_tensors()
