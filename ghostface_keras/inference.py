@@ -43,6 +43,7 @@ from ghostface_keras.align import (
     load_rgb_image,
 )
 from ghostface_keras.errors import DataError, GhostFaceError, NoFaceError
+from ghostface_keras.export.runtime import dequantize_output, quantize_input
 from ghostface_keras.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
@@ -110,10 +111,10 @@ class TFLiteRunner:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self._batch != len(batch) and not self._resize(len(batch)):
             return np.concatenate([self(batch[index:index + 1]) for index in range(len(batch))], axis=0)
-        self.interpreter.set_tensor(self.input_detail["index"], _quantize(batch, self.input_detail))
+        self.interpreter.set_tensor(self.input_detail["index"], quantize_input(batch, self.input_detail))
         self.interpreter.invoke()
         output = self.interpreter.get_tensor(self.output_detail["index"])
-        return _dequantize(output, self.output_detail).reshape(len(batch), -1)
+        return dequantize_output(output, self.output_detail).reshape(len(batch), -1)
 
     def _resize(self, batch_size: int) -> bool:
         signature = self.input_detail.get("shape_signature")
@@ -139,22 +140,6 @@ def _tflite_interpreter_class() -> Any:
 
         Interpreter = tf.lite.Interpreter
     return Interpreter
-
-
-def _quantize(batch: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
-    dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.floating):
-        return batch.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(batch / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantize(output: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
-    if np.issubdtype(output.dtype, np.floating):
-        return output.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def load_embedding_runner(model_or_path: Any) -> KerasRunner | TFLiteRunner:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ghostface_keras.errors import DataError, GhostFaceError, ModelLoadError
+from ghostface_keras.export.runtime import dequantize_output, quantize_input, run_tflite
 from ghostface_keras.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
@@ -244,9 +245,7 @@ class TFLiteModel:
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = np.asarray(inputs, dtype=np.float32)
         if self._static_batch:
-            from ghostface_keras.export.runtime import run_tflite  # chunks and pads to the fixed batch
-
-            return run_tflite(self.interpreter, inputs)
+            return run_tflite(self.interpreter, inputs)  # chunks and pads to the fixed batch
         if len(inputs) != self._batch:
             self.interpreter.resize_tensor_input(self.input_detail["index"], (len(inputs),) + inputs.shape[1:])
             self.interpreter.allocate_tensors()
@@ -256,9 +255,9 @@ class TFLiteModel:
         return self._invoke(inputs)
 
     def _invoke(self, inputs: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_detail["index"], _quantize(inputs, self.input_detail))
+        self.interpreter.set_tensor(self.input_detail["index"], quantize_input(inputs, self.input_detail))
         self.interpreter.invoke()
-        return np.array(_dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail))
+        return dequantize_output(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
 
 
 def _tflite_interpreter_class() -> type:
@@ -269,22 +268,6 @@ def _tflite_interpreter_class() -> type:
 
         Interpreter = tf.lite.Interpreter
     return Interpreter
-
-
-def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return values
-    scale, zero_point = detail["quantization"]
-    limits = np.iinfo(dtype)
-    return np.clip(np.rint(values / scale + zero_point), limits.min, limits.max).astype(dtype)
-
-
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return np.array(values, dtype=np.float32)
-    scale, zero_point = detail["quantization"]
-    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def _first_line(error: BaseException) -> str:

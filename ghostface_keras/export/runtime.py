@@ -67,19 +67,23 @@ def count_delegate_nodes(path: str | os.PathLike) -> int:
     return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
 
 
-def _quantize_input(images: np.ndarray, details: dict) -> np.ndarray:
-    if details["dtype"] == np.float32:
-        return images.astype(np.float32)
+def quantize_input(values: np.ndarray, details) -> np.ndarray:
+    """`values` in the dtype of a TFLite input tensor: cast for float inputs, scale / zero point / clip
+    (round half to even) for integer ones. `details` is an entry of ``get_input_details()``."""
+    dtype = details["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return np.asarray(values).astype(dtype)
     scale, zero_point = details["quantization"]
-    info = np.iinfo(details["dtype"])
-    return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(details["dtype"])
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(np.asarray(values) / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-def _dequantize_output(values: np.ndarray, details: dict) -> np.ndarray:
-    if details["dtype"] == np.float32:
-        return values
+def dequantize_output(values: np.ndarray, details) -> np.ndarray:
+    """A TFLite output tensor as float32 (integer outputs through their scale and zero point)."""
+    if np.issubdtype(np.asarray(values).dtype, np.floating):
+        return np.asarray(values, dtype=np.float32)
     scale, zero_point = details["quantization"]
-    return (values.astype(np.float32) - zero_point) * scale
+    return ((np.asarray(values).astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def run_tflite(path_or_interpreter, images: np.ndarray, num_threads: int = 1) -> np.ndarray:
@@ -102,9 +106,9 @@ def run_tflite(path_or_interpreter, images: np.ndarray, num_threads: int = 1) ->
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)]) if len(chunk) < batch else chunk
-        interpreter.set_tensor(input_details["index"], _quantize_input(padded, input_details))
+        interpreter.set_tensor(input_details["index"], quantize_input(padded, input_details))
         interpreter.invoke()
-        result = _dequantize_output(interpreter.get_tensor(output_details["index"]), output_details)
+        result = dequantize_output(interpreter.get_tensor(output_details["index"]), output_details)
         outputs.append(np.array(result[: len(chunk)], dtype=np.float32))
     return np.concatenate(outputs)
 
