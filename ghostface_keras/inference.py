@@ -43,7 +43,7 @@ from ghostface_keras.align import (
     load_rgb_image,
 )
 from ghostface_keras.errors import DataError, GhostFaceError, NoFaceError
-from ghostface_keras.export.runtime import dequantize_output, quantize_input
+from ghostface_keras.export.runtime import dequantize_output, has_static_batch, quantize_input
 from ghostface_keras.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ class TFLiteRunner:
         return dequantize_output(output, self.output_detail).reshape(len(batch), -1)
 
     def _resize(self, batch_size: int) -> bool:
-        signature = self.input_detail.get("shape_signature")
-        if signature is not None and len(signature) and signature[0] != -1:
+        if has_static_batch(self.input_detail):
             return False  # exported with a static batch: resizing would fail inside the graph
         try:
             shape = [batch_size, *self.input_detail["shape"][1:]]

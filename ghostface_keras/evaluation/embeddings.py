@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ghostface_keras.errors import DataError, GhostFaceError, ModelLoadError
-from ghostface_keras.export.runtime import dequantize_output, quantize_input, run_tflite
+from ghostface_keras.export.runtime import dequantize_output, has_static_batch, quantize_input, run_tflite
 from ghostface_keras.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
@@ -238,9 +238,7 @@ class TFLiteModel:
         self.output_detail = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(v) for v in self.input_detail["shape"])
         self._batch = self.input_shape[0]
-        # exports for phones trace a static batch (XNNPACK cannot reshape them): feed those in chunks
-        signature = self.input_detail.get("shape_signature")
-        self._static_batch = signature is not None and len(signature) > 0 and int(signature[0]) > 0
+        self._static_batch = has_static_batch(self.input_detail)  # fed in chunks, never resized
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         inputs = np.asarray(inputs, dtype=np.float32)

@@ -67,6 +67,12 @@ def count_delegate_nodes(path: str | os.PathLike) -> int:
     return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
 
 
+def has_static_batch(details) -> bool:
+    """True when a TFLite input was traced with a fixed batch (our phone exports): XNNPACK cannot resize it."""
+    signature = details.get("shape_signature")
+    return signature is not None and len(signature) > 0 and int(signature[0]) > 0
+
+
 def quantize_input(values: np.ndarray, details) -> np.ndarray:
     """`values` in the dtype of a TFLite input tensor: cast for float inputs, scale / zero point / clip
     (round half to even) for integer ones. `details` is an entry of ``get_input_details()``."""
