@@ -43,7 +43,7 @@ from ghostface_keras.align import (
     load_rgb_image,
 )
 from ghostface_keras.errors import DataError, GhostFaceError, NoFaceError
-from ghostface_keras.export.runtime import dequantize_output, has_static_batch, quantize_input
+from ghostface_keras.export.runtime import TFLiteEmbedder
 from ghostface_keras.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
@@ -88,57 +88,8 @@ class KerasRunner:
         return np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float32).reshape(len(batch), -1)
 
 
-class TFLiteRunner:
-    """Runs a `.tflite` embedding model with LiteRT (`ai_edge_litert`), falling back to `tf.lite`.
-
-    Handles a fixed batch size of 1 (runs image by image) and int8/uint8 quantized inputs/outputs.
-    """
-
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
-        self.path = Path(path)
-        self.name = self.path.stem
-        try:
-            interpreter_class = _tflite_interpreter_class()
-            self.interpreter = interpreter_class(model_path=str(self.path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            raise DataError(f"{self.path}: not a loadable TFLite model ({error})") from None
-        self.input_detail = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
-        self.input_size = int(self.input_detail["shape"][1])
-        self._batch = int(self.input_detail["shape"][0])
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self._batch != len(batch) and not self._resize(len(batch)):
-            return np.concatenate([self(batch[index:index + 1]) for index in range(len(batch))], axis=0)
-        self.interpreter.set_tensor(self.input_detail["index"], quantize_input(batch, self.input_detail))
-        self.interpreter.invoke()
-        output = self.interpreter.get_tensor(self.output_detail["index"])
-        return dequantize_output(output, self.output_detail).reshape(len(batch), -1)
-
-    def _resize(self, batch_size: int) -> bool:
-        if has_static_batch(self.input_detail):
-            return False  # exported with a static batch: resizing would fail inside the graph
-        try:
-            shape = [batch_size, *self.input_detail["shape"][1:]]
-            self.interpreter.resize_tensor_input(self.input_detail["index"], shape)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError):
-            return False
-        self.input_detail = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
-        self._batch = batch_size
-        return True
-
-
-def _tflite_interpreter_class() -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    return Interpreter
+# `.tflite` files run through the one runner that export and evaluation use too
+TFLiteRunner = TFLiteEmbedder
 
 
 def load_embedding_runner(model_or_path: Any) -> KerasRunner | TFLiteRunner:

@@ -193,6 +193,17 @@ def test_int8_with_integer_io(models, images, tmp_path):
     assert cosines(export.run_tflite(interpreter, images), keras_out).mean() >= 0.98
 
 
+def test_an_unloadable_tflite_file_is_a_one_line_load_error(tmp_path):
+    from ghostface_keras.errors import ModelLoadError
+
+    path = tmp_path / "truncated.tflite"
+    path.write_bytes(b"TFL3" + bytes(60))
+    for open_file in (export.make_interpreter, export.TFLiteEmbedder):
+        with pytest.raises(ModelLoadError, match="truncated.tflite: not a loadable TFLite model") as raised:
+            open_file(path)
+        assert "\n" not in str(raised.value)
+
+
 def test_int8_needs_representative_data(models, tmp_path):
     with pytest.raises(ExportError, match="representative_data"):
         export.export_tflite(models[1], tmp_path / "x.tflite", "int8")

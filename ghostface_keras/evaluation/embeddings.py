@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ghostface_keras.errors import DataError, GhostFaceError, ModelLoadError
-from ghostface_keras.export.runtime import dequantize_output, has_static_batch, quantize_input, run_tflite
+from ghostface_keras.export.runtime import TFLiteEmbedder
 from ghostface_keras.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
@@ -218,54 +218,8 @@ def _load_saved_model(path: Path) -> BatchFunction:
     return run
 
 
-class TFLiteModel:
-    """A `.tflite` embedding model as a callable on float32 batches (int8/uint8 models are quantized for).
-
-    Example:
-        >>> TFLiteModel("model.tflite")(normalized_batch).shape
-        (8, 512)
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        interpreter_class = _tflite_interpreter_class()
-        try:
-            self.interpreter = interpreter_class(model_path=str(self.path))
-        except Exception as error:  # invalid flatbuffer: one clear line
-            raise ModelLoadError(f"{self.path}: cannot read TFLite model ({_first_line(error)})") from error
-        self.interpreter.allocate_tensors()
-        self.input_detail = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
-        self.input_shape = tuple(int(v) for v in self.input_detail["shape"])
-        self._batch = self.input_shape[0]
-        self._static_batch = has_static_batch(self.input_detail)  # fed in chunks, never resized
-
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        inputs = np.asarray(inputs, dtype=np.float32)
-        if self._static_batch:
-            return run_tflite(self.interpreter, inputs)  # chunks and pads to the fixed batch
-        if len(inputs) != self._batch:
-            self.interpreter.resize_tensor_input(self.input_detail["index"], (len(inputs),) + inputs.shape[1:])
-            self.interpreter.allocate_tensors()
-            self.input_detail = self.interpreter.get_input_details()[0]
-            self.output_detail = self.interpreter.get_output_details()[0]
-            self._batch = len(inputs)
-        return self._invoke(inputs)
-
-    def _invoke(self, inputs: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_detail["index"], quantize_input(inputs, self.input_detail))
-        self.interpreter.invoke()
-        return dequantize_output(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
-
-
-def _tflite_interpreter_class() -> type:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter
-    return Interpreter
+# `.tflite` files run through the one runner that export and inference use too
+TFLiteModel = TFLiteEmbedder
 
 
 def _first_line(error: BaseException) -> str:

@@ -36,6 +36,7 @@ from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.onnx import export_onnx, onnx_available, run_onnx
 from ghostface_keras.export.parity import PARITY_THRESHOLDS, ParityReport, check_parity
 from ghostface_keras.export.runtime import (
+    TFLiteEmbedder,
     count_delegate_nodes,
     dynamic_tensor_names,
     make_interpreter,
@@ -48,7 +49,7 @@ from ghostface_keras.export.tflite import DYNAMIC_SHAPE_OPS, QUANTIZATIONS, expo
 
 __all__ = [
     "DYNAMIC_SHAPE_OPS", "FORMATS", "IMAGE_SUFFIXES", "PARITY_THRESHOLDS", "QUANTIZATIONS", "ParityReport",
-    "check_parity", "count_delegate_nodes", "dynamic_tensor_names", "export_onnx", "export_saved_model",
+    "TFLiteEmbedder", "check_parity", "count_delegate_nodes", "dynamic_tensor_names", "export_onnx", "export_saved_model",
     "export_tflite", "list_images", "load_face_images", "load_model_for_export", "main", "make_interpreter",
     "onnx_available", "run_onnx", "run_saved_model", "run_tflite", "sample_images", "tflite_latency_ms",
     "tflite_op_names", "xnnpack_int8_equivalent",

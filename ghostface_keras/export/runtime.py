@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
-from ghostface_keras.errors import ExportError
+from ghostface_keras.errors import ModelLoadError
 
 
 def dynamic_tensor_names(path: str | os.PathLike) -> list[str]:
@@ -31,8 +32,9 @@ def _interpreter_class():
     return Interpreter, OpResolverType
 
 
-def make_interpreter(path: str | os.PathLike, num_threads: int = 1, delegates: bool = True):
-    """A ready-to-run LiteRT interpreter for `path` (XNNPACK on unless ``delegates=False``).
+def make_interpreter(path: str | os.PathLike, num_threads: int | None = 1, delegates: bool = True):
+    """A ready-to-run LiteRT interpreter for `path` (XNNPACK on unless ``delegates=False``; `num_threads`
+    None lets LiteRT choose). A file LiteRT cannot load raises `ModelLoadError` naming it.
 
     Example:
         >>> interpreter = make_interpreter("face.tflite", num_threads=1)
@@ -45,7 +47,8 @@ def make_interpreter(path: str | os.PathLike, num_threads: int = 1, delegates: b
         interpreter = interpreter_class(model_path=str(path), num_threads=num_threads, **options)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
-        raise ExportError(f"{path}: not a loadable TFLite model: {error}") from error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ModelLoadError(f"{path}: not a loadable TFLite model ({first_line})") from error
     return interpreter
 
 
@@ -139,3 +142,44 @@ def tflite_latency_ms(path_or_interpreter, num_threads: int = 1, repeats: int = 
         interpreter.invoke()
         timings.append(time.perf_counter() - start)
     return float(np.median(timings) * 1e3)
+
+
+class TFLiteEmbedder:
+    """A `.tflite` embedding model as a callable: normalized float32 ``(N, H, W, C)`` -> float32 ``(N, D)``.
+
+    Files with a dynamic batch (e.g. the official conversion) are resized to each batch and run in one
+    invoke; files with a static batch (our phone exports, which XNNPACK cannot resize) are fed in chunks
+    of that batch by `run_tflite`, the last chunk padded. int8 / uint8 inputs and outputs are quantized
+    with their scale and zero point. The evaluation and inference code both run `.tflite` files through it.
+
+    Example:
+        >>> embed = TFLiteEmbedder("face_int8.tflite")
+        >>> embed(normalize_images(pixels)).shape
+        (8, 512)
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.stem
+        self.interpreter = make_interpreter(self.path, num_threads)
+        self._refresh_details()
+        self.input_size = int(self.input_shape[1])
+        self._static_batch = has_static_batch(self.input_detail)
+
+    def _refresh_details(self) -> None:
+        self.input_detail = self.interpreter.get_input_details()[0]
+        self.output_detail = self.interpreter.get_output_details()[0]
+        self.input_shape = tuple(int(value) for value in self.input_detail["shape"])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if self._static_batch:
+            return run_tflite(self.interpreter, batch)
+        if len(batch) != self.input_shape[0]:
+            self.interpreter.resize_tensor_input(self.input_detail["index"], [len(batch), *batch.shape[1:]])
+            self.interpreter.allocate_tensors()
+            self._refresh_details()
+        self.interpreter.set_tensor(self.input_detail["index"], quantize_input(batch, self.input_detail))
+        self.interpreter.invoke()
+        output = self.interpreter.get_tensor(self.output_detail["index"])
+        return dequantize_output(output, self.output_detail).reshape(len(batch), -1)
