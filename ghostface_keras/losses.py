@@ -48,6 +48,10 @@ class _MarginLoss(keras.losses.Loss):
         """The margined cosine of the target class, for every sample (B,)."""
         raise NotImplementedError
 
+    def state_variables(self) -> list:
+        """Non-trainable variables the loss updates while training (saved with the training state)."""
+        return []
+
     def margined_logits(self, y_true, y_pred):
         """Scaled logits with the margin applied at the target class (what the softmax sees)."""
         y_pred = ops.cast(y_pred, "float32")
@@ -223,7 +227,8 @@ class AdaFace(_MarginLoss):
     `cos(clip(theta - m * z, eps, pi - eps)) - (m + m * z)`; all logits times s.
     Defaults: m = 0.4, h = 0.333, s = 64. The statistics are updated on every call with `training=True`
     semantics (every loss evaluation in `fit`); create the loss inside `strategy.scope()` when training on
-    several devices, so the statistics are mirrored variables.
+    several devices, so the statistics are mirrored variables. `Trainer` saves them with its training
+    state and restores them on resume (`state_variables`).
 
     Example:
         >>> import numpy as np
@@ -240,6 +245,9 @@ class AdaFace(_MarginLoss):
         self.margin, self.norm_scale, self.momentum = float(margin), float(norm_scale), float(momentum)
         self.running_mean = keras.Variable(20.0, trainable=False, name="adaface_norm_mean", aggregation="mean")
         self.running_std = keras.Variable(100.0, trainable=False, name="adaface_norm_std", aggregation="mean")
+
+    def state_variables(self) -> list:
+        return [self.running_mean, self.running_std]
 
     def _update_statistics(self, norms):
         batch_mean = ops.mean(norms)

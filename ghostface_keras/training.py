@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -315,6 +314,7 @@ class Trainer:
             if self._pending_optimizer_state is not None and self._pending_optimizer_owner == self.progress.optimizer_stage:
                 self._restore_optimizer(self._pending_optimizer_state)
             self._pending_optimizer_state = None
+            self._restore_loss_state(index, stage.loss)
             if self.schedule is not None:
                 done = self.progress.epoch * self.steps_per_epoch
                 offset = done - int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -327,6 +327,22 @@ class Trainer:
 
     _pending_optimizer_state: list | None = None
     _pending_optimizer_owner: int = -1
+    _pending_loss_state: tuple[int, list] | None = None
+    _current_loss: keras.losses.Loss | None = None
+
+    def _restore_loss_state(self, stage_index: int, loss) -> None:
+        """Give the resumed stage's loss its saved statistics (e.g. AdaFace's running norm mean / std)."""
+        self._current_loss = loss
+        pending, self._pending_loss_state = self._pending_loss_state, None
+        if pending is None or pending[0] != stage_index:
+            return  # a later stage starts with its loss as given
+        variables = _loss_state_variables(loss)
+        if [tuple(v.shape) for v in variables] != [value.shape for value in pending[1]]:
+            logger.warning("saved loss state has %d arrays, %s has %d state variables: starting it fresh",
+                           len(pending[1]), loss.__class__.__name__, len(variables))
+            return
+        for variable, value in zip(variables, pending[1]):
+            variable.assign(value)
 
     def _restore_optimizer(self, values: list) -> None:
         variables = self.model.optimizer.variables
@@ -344,6 +360,8 @@ class Trainer:
         if self.model is not None and self.model.optimizer is not None:
             for i, variable in enumerate(self.model.optimizer.variables):
                 arrays[f"optimizer_{i}"] = np.asarray(variable.numpy())
+        for i, variable in enumerate(_loss_state_variables(self._current_loss)):
+            arrays[f"loss_{i}"] = np.asarray(keras.ops.convert_to_numpy(variable))
         meta = {"epoch": self.progress.epoch, "optimizer_stage": self.progress.optimizer_stage,
                 "stage": stage_index, "best": self.progress.best, "extra": self.progress.extra}
         arrays["meta"] = np.array(json.dumps(meta))
@@ -374,6 +392,8 @@ class Trainer:
                 variable.assign(state[key])
             optimizer_keys = sorted((k for k in state.files if k.startswith("optimizer_")), key=lambda k: int(k[10:]))
             self._pending_optimizer_state = [state[k] for k in optimizer_keys]
+            loss_keys = sorted((k for k in state.files if k.startswith("loss_")), key=lambda k: int(k[5:]))
+            self._pending_loss_state = (int(meta["stage"]), [state[k] for k in loss_keys])
         self._pending_optimizer_owner = int(meta["optimizer_stage"])
         self.progress = _Progress(int(meta["epoch"]), int(meta["optimizer_stage"]), float(meta["best"]),
                                   dict(meta.get("extra", {})))
@@ -417,6 +437,10 @@ class _StateCheckpoint(keras.callbacks.Callback):
             self.trainer.progress.best = verification.best
         self.trainer.save_embedding_model()
         self.trainer.save_state(self.stage_index)
+
+
+def _loss_state_variables(loss) -> list:
+    return list(loss.state_variables()) if hasattr(loss, "state_variables") else []
 
 
 def history_epochs(output_dir: str | os.PathLike) -> list[int]:

@@ -18,7 +18,7 @@ from ghostface_keras.callbacks import (
     ten_fold_verification,
 )
 from ghostface_keras.errors import GhostFaceError
-from ghostface_keras.losses import ArcFace, MagFace
+from ghostface_keras.losses import AdaFace, ArcFace, MagFace
 from ghostface_keras.optimizers import SAMModel
 from ghostface_keras.training import Stage, Trainer
 
@@ -146,6 +146,29 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(straight.embedding_model.weights + straight.head.weights,
                     resumed.embedding_model.weights + resumed.head.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_restores_adaface_running_statistics(tmp_path):
+    def stages(adaface_epochs):
+        return [Stage(1, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9)),
+                Stage(adaface_epochs, AdaFace(scale=16, margin=0.2))]
+
+    straight = _trainer(tmp_path / "straight")
+    straight_stages = stages(2)
+    straight.fit(straight_stages)
+    first = _trainer(tmp_path / "split")
+    first.fit(stages(1))  # stop inside the AdaFace stage, after epoch 2 of 3
+    saved = np.load(tmp_path / "split" / "training_state.npz")
+    first_loss = first._current_loss
+    np.testing.assert_allclose([saved["loss_0"], saved["loss_1"]],
+                               [float(first_loss.running_mean.numpy()), float(first_loss.running_std.numpy())])
+    assert abs(float(saved["loss_0"]) - 20.0) > 0.05  # the statistics moved: restoring them is observable
+
+    resumed_stages = stages(2)  # a fresh AdaFace starts at mean 20 / std 100 again
+    _trainer(tmp_path / "split", seed=5).fit(resumed_stages, resume=True)
+    for name in ("running_mean", "running_std"):
+        np.testing.assert_allclose(getattr(resumed_stages[1].loss, name).numpy(),
+                                   getattr(straight_stages[1].loss, name).numpy(), rtol=1e-5)
 
 
 class _NaNAfterFirstEpochLoss(keras.losses.Loss):
