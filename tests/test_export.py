@@ -296,11 +296,15 @@ def test_cli_int8_with_calibration_folder(saved_keras_file, images, tmp_path, ca
     assert "| parity | PASS |" in printed and "LiteRT latency, 1 thread(s)" in printed
 
 
-def test_cli_exits_1_when_parity_fails(saved_keras_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(export.PARITY_THRESHOLDS, "float16", {"min_cosine": 1.5})
-    code = export.main(["--model", str(saved_keras_file), "--quantization", "float16", "--parity-size", "2",
-                        "--threads", "1", "--output", str(tmp_path / "f16.tflite")])
-    assert code == 1 and "parity FAILED" in capsys.readouterr().err
+@pytest.mark.parametrize("quantization", ["float16", "dynamic"])
+def test_cli_exits_1_when_parity_fails(saved_keras_file, tmp_path, monkeypatch, capsys, quantization):
+    monkeypatch.setitem(export.PARITY_THRESHOLDS, quantization, {"min_cosine": 1.5})
+    code = export.main(["--model", str(saved_keras_file), "--quantization", quantization, "--parity-size", "2",
+                        "--threads", "1", "--output", str(tmp_path / "q.tflite")])
+    error = capsys.readouterr().err
+    assert code == 1 and "parity FAILED" in error
+    # a lossy integer format points to the float16 alternative; float16 itself has none to offer
+    assert ("--quantization float16 keeps cosine" in error) == (quantization == "dynamic")
 
 
 @pytest.mark.parametrize(
