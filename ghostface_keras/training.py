@@ -314,6 +314,7 @@ class Trainer:
             if self._pending_optimizer_state is not None and self._pending_optimizer_owner == self.progress.optimizer_stage:
                 self._restore_optimizer(self._pending_optimizer_state)
             self._pending_optimizer_state = None
+            self._current_loss = stage.loss  # its statistics go into the training state
             self._restore_loss_state(index, stage.loss)
             if self.schedule is not None:
                 done = self.progress.epoch * self.steps_per_epoch
@@ -332,7 +333,6 @@ class Trainer:
 
     def _restore_loss_state(self, stage_index: int, loss) -> None:
         """Give the resumed stage's loss its saved statistics (e.g. AdaFace's running norm mean / std)."""
-        self._current_loss = loss
         pending, self._pending_loss_state = self._pending_loss_state, None
         if pending is None or pending[0] != stage_index:
             return  # a later stage starts with its loss as given
