@@ -168,18 +168,12 @@ class TFLiteEmbedder:
 
     def _refresh_details(self) -> None:
         self.input_detail = self.interpreter.get_input_details()[0]
-        self.output_detail = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(value) for value in self.input_detail["shape"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.float32)
-        if self._static_batch:
-            return run_tflite(self.interpreter, batch)
-        if len(batch) != self.input_shape[0]:
+        if not self._static_batch and len(batch) != self.input_shape[0]:
             self.interpreter.resize_tensor_input(self.input_detail["index"], [len(batch), *batch.shape[1:]])
             self.interpreter.allocate_tensors()
             self._refresh_details()
-        self.interpreter.set_tensor(self.input_detail["index"], quantize_input(batch, self.input_detail))
-        self.interpreter.invoke()
-        output = self.interpreter.get_tensor(self.output_detail["index"])
-        return dequantize_output(output, self.output_detail).reshape(len(batch), -1)
+        return run_tflite(self.interpreter, batch)  # one invoke once resized; fixed batches go in chunks
