@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default adamw from scratch (SGD 0.1 diverges on small datasets), sgd with --init-from;"
                              " sam = SGD with sharpness-aware minimization (--sam-rho)")
     parser.add_argument("--sam-rho", type=float, default=0.05)
+    parser.add_argument("--partial-fc-rate", type=float, default=1.0,
+                        help="partial FC: each step's softmax covers this fraction of the classes (batch classes +"
+                             " random others), e.g. 0.1 for 1 M identities; 1 = full softmax")
     parser.add_argument("--lr", type=float,
                         help="base LR (default sgd 0.1 from scratch, 0.01 fine-tuning; adamw 2e-3 / 1e-4)")
     parser.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 5e-4 sgd, 0.05 adamw)")
@@ -89,6 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.output is None:
         args.output = os.path.join("runs", "demo" if args.demo else "train")
     resolve_recipe_defaults(args)
+    from ghostface_keras.errors import GhostFaceError
+
+    if not 0.0 < args.partial_fc_rate <= 1.0:
+        raise GhostFaceError(f"--partial-fc-rate must be in (0, 1], got {args.partial_fc_rate}")
+    if args.partial_fc_rate < 1.0 and args.optimizer == "sam":
+        raise GhostFaceError("--partial-fc-rate < 1 cannot be combined with --optimizer sam")
     return args
 
 
@@ -286,6 +295,7 @@ def _stages(args, steps_per_epoch: int):
     freeze = args.freeze_backbone_epochs if args.freeze_backbone_epochs is not None else int(finetune)
     freeze = min(freeze, args.epochs)
     stages = []
+    partial = {"partial_fc_rate": args.partial_fc_rate}
 
     def loss(scale):
         return get_margin_loss(args.loss, scale=scale, margin=args.margin)
@@ -293,14 +303,15 @@ def _stages(args, steps_per_epoch: int):
     if freeze:
         # Head only, at a higher LR: the backbone (and its BatchNorm statistics) stay exactly pretrained.
         stages.append({"epochs": freeze, "loss": loss(args.scale), "freeze_backbone": True,
-                       "optimizer": build_optimizer(inner, lr, decay)})
+                       "optimizer": build_optimizer(inner, lr, decay), **partial})
     remaining = args.epochs - freeze
     warm = 1 if (not finetune and remaining >= 3 and args.loss in ("arcface", "cosface") and args.scale > 32) else 0
     if warm:
-        stages.append({"epochs": 1, "loss": loss(32.0), "optimizer": build_optimizer(inner, lr, decay), "sam_rho": rho})
+        stages.append({"epochs": 1, "loss": loss(32.0), "optimizer": build_optimizer(inner, lr, decay), "sam_rho": rho,
+                       **partial})
     if remaining - warm > 0:
         stages.append({"epochs": remaining - warm, "loss": loss(args.scale), "sam_rho": rho,
-                       "optimizer": None if warm else build_optimizer(inner, lr, decay)})
+                       "optimizer": None if warm else build_optimizer(inner, lr, decay), **partial})
     # Fine-tuning: the backbone epochs run at a tenth of the head-only LR.
     schedule_lr = lr * 0.1 if finetune else lr
     schedule = build_schedule(args.schedule, schedule_lr, steps_per_epoch, args.epochs,

@@ -36,5 +36,6 @@ from ghostface_keras.errors import ModelLoadError
 from ghostface_keras.heads import NormDense
 from ghostface_keras.losses import AdaFace, ArcFace, CombinedMargin, CosFace, MagFace, get_margin_loss
 from ghostface_keras.optimizers import SAMModel, build_optimizer
+from ghostface_keras.partial_fc import PartialFCModel
 from ghostface_keras.callbacks import CosineRestarts, ExponentialEpochDecay, StepDecay, VerificationCallback
 from ghostface_keras.training import Stage, Trainer, make_strategy

@@ -73,11 +73,18 @@ class NormDense(keras.layers.Layer):
             trainable=True,
         )
 
-    def call(self, inputs):
+    def call(self, inputs, class_indices=None):
+        """Cosines to every class, or only to the classes `class_indices` (K,) in that order (partial FC)."""
         inputs = ops.cast(inputs, "float32")
-        cosines = ops.matmul(l2_normalize(inputs, axis=1), l2_normalize(self.kernel, axis=0))
+        kernel, num_classes = self.kernel, self.num_classes
+        if class_indices is not None:
+            class_indices = ops.cast(ops.reshape(class_indices, (-1,)), "int32")
+            columns = ops.expand_dims(class_indices * self.sub_centers, 1) + ops.arange(self.sub_centers, dtype="int32")
+            kernel = ops.take(kernel, ops.reshape(columns, (-1,)), axis=1)
+            num_classes = ops.shape(class_indices)[0]
+        cosines = ops.matmul(l2_normalize(inputs, axis=1), l2_normalize(kernel, axis=0))
         if self.sub_centers > 1:
-            cosines = ops.reshape(cosines, (-1, self.num_classes, self.sub_centers))
+            cosines = ops.reshape(cosines, (-1, num_classes, self.sub_centers))
             cosines = ops.max(cosines, axis=2)
         if self.append_norm:
             norms = ops.sqrt(ops.sum(ops.square(inputs), axis=1, keepdims=True))

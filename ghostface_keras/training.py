@@ -38,6 +38,7 @@ from ghostface_keras.callbacks import (
 from ghostface_keras.errors import GhostFaceError
 from ghostface_keras.heads import NormDense
 from ghostface_keras.optimizers import SAMModel
+from ghostface_keras.partial_fc import PartialFCModel
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ class Stage:
     """One training stage: `epochs` epochs of `loss`, with a new `optimizer` or (None) the previous one.
 
     `freeze_backbone` trains the head only (the embedding model is frozen, BatchNorm in inference mode);
-    `sam_rho > 0` trains with sharpness-aware minimization (`optimizers.SAMModel`).
+    `sam_rho > 0` trains with sharpness-aware minimization (`optimizers.SAMModel`); `partial_fc_rate < 1`
+    computes each step's softmax over that fraction of the classes only (`partial_fc.PartialFCModel`:
+    every class of the batch plus random others), for heads of hundreds of thousands of identities.
 
     Example:
         >>> from ghostface_keras.losses import ArcFace
@@ -64,6 +67,7 @@ class Stage:
     optimizer: keras.optimizers.Optimizer | None = None
     freeze_backbone: bool = False
     sam_rho: float = 0.0
+    partial_fc_rate: float = 1.0
 
     @classmethod
     def coerce(cls, value: "Stage | dict") -> "Stage":
@@ -226,6 +230,11 @@ class Trainer:
     def _build_model(self, stage: Stage) -> keras.Model:
         self._set_backbone_trainable(not stage.freeze_backbone)
         self.head.append_norm = bool(getattr(stage.loss, "needs_norm", False))
+        if stage.partial_fc_rate < 1.0:
+            if stage.sam_rho > 0:
+                raise GhostFaceError("a stage cannot combine SAM (sam_rho > 0) with partial FC (partial_fc_rate < 1)")
+            return PartialFCModel(self.embedding_model, self.head, sample_rate=stage.partial_fc_rate,
+                                  name="face_training_partial_fc")
         inputs = keras.Input(self.embedding_model.input_shape[1:], name="image")
         outputs = self.head(self.embedding_model(inputs))
         if stage.sam_rho > 0:
