@@ -92,6 +92,11 @@ class PartialFCModel(keras.Model):
         self.seed = seed
         self._sampling_seed = keras.random.SeedGenerator(seed)
 
+    def state_variables(self) -> list:
+        """The class sampler's state (seed and step counter): saved with a training state so a resumed
+        run draws the same classes as an uninterrupted one."""
+        return [self._sampling_seed.state]
+
     def call(self, inputs, training=None):
         return self.head(self.embedding_model(inputs, training=training))
 

@@ -324,7 +324,7 @@ class Trainer:
                 self._restore_optimizer(self._pending_optimizer_state)
             self._pending_optimizer_state = None
             self._current_loss = stage.loss  # its statistics go into the training state
-            self._restore_loss_state(index, stage.loss)
+            self._restore_stage_state(index)
             if self.schedule is not None:
                 done = self.progress.epoch * self.steps_per_epoch
                 offset = done - int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -337,21 +337,27 @@ class Trainer:
 
     _pending_optimizer_state: list | None = None
     _pending_optimizer_owner: int = -1
-    _pending_loss_state: tuple[int, list] | None = None
+    _pending_stage_state: tuple[int, dict] | None = None
     _current_loss: keras.losses.Loss | None = None
 
-    def _restore_loss_state(self, stage_index: int, loss) -> None:
-        """Give the resumed stage's loss its saved statistics (e.g. AdaFace's running norm mean / std)."""
-        pending, self._pending_loss_state = self._pending_loss_state, None
+    def _stage_state_variables(self) -> dict[str, list]:
+        """What a stage updates besides weights and optimizer: the loss's statistics (AdaFace's running
+        norm mean / std) and the partial-FC class sampler's state."""
+        return {"loss": _state_variables(self._current_loss), "sampler": _state_variables(self.model)}
+
+    def _restore_stage_state(self, stage_index: int) -> None:
+        """Give the resumed stage its saved loss statistics and sampler state."""
+        pending, self._pending_stage_state = self._pending_stage_state, None
         if pending is None or pending[0] != stage_index:
             return  # a later stage starts with its loss as given
-        variables = _loss_state_variables(loss)
-        if [tuple(v.shape) for v in variables] != [value.shape for value in pending[1]]:
-            logger.warning("saved loss state has %d arrays, %s has %d state variables: starting it fresh",
-                           len(pending[1]), loss.__class__.__name__, len(variables))
-            return
-        for variable, value in zip(variables, pending[1]):
-            variable.assign(value)
+        for kind, variables in self._stage_state_variables().items():
+            values = pending[1].get(kind, [])
+            if [tuple(v.shape) for v in variables] != [value.shape for value in values]:
+                logger.warning("saved %s state has %d arrays, this stage has %d state variables: starting it fresh",
+                               kind, len(values), len(variables))
+                continue
+            for variable, value in zip(variables, values):
+                variable.assign(value)
 
     def _restore_optimizer(self, values: list) -> None:
         variables = self.model.optimizer.variables
@@ -369,8 +375,9 @@ class Trainer:
         if self.model is not None and self.model.optimizer is not None:
             for i, variable in enumerate(self.model.optimizer.variables):
                 arrays[f"optimizer_{i}"] = np.asarray(variable.numpy())
-        for i, variable in enumerate(_loss_state_variables(self._current_loss)):
-            arrays[f"loss_{i}"] = np.asarray(keras.ops.convert_to_numpy(variable))
+        for kind, variables in self._stage_state_variables().items():
+            for i, variable in enumerate(variables):
+                arrays[f"{kind}_{i}"] = np.asarray(keras.ops.convert_to_numpy(variable))
         meta = {"epoch": self.progress.epoch, "optimizer_stage": self.progress.optimizer_stage,
                 "stage": stage_index, "best": self.progress.best, "extra": self.progress.extra}
         arrays["meta"] = np.array(json.dumps(meta))
@@ -401,8 +408,11 @@ class Trainer:
                 variable.assign(state[key])
             optimizer_keys = sorted((k for k in state.files if k.startswith("optimizer_")), key=lambda k: int(k[10:]))
             self._pending_optimizer_state = [state[k] for k in optimizer_keys]
-            loss_keys = sorted((k for k in state.files if k.startswith("loss_")), key=lambda k: int(k[5:]))
-            self._pending_loss_state = (int(meta["stage"]), [state[k] for k in loss_keys])
+            stage_state = {}
+            for kind in ("loss", "sampler"):
+                keys = sorted((k for k in state.files if k.startswith(f"{kind}_")), key=lambda k: int(k.split("_")[1]))
+                stage_state[kind] = [state[k] for k in keys]
+            self._pending_stage_state = (int(meta["stage"]), stage_state)
         self._pending_optimizer_owner = int(meta["optimizer_stage"])
         self.progress = _Progress(int(meta["epoch"]), int(meta["optimizer_stage"]), float(meta["best"]),
                                   dict(meta.get("extra", {})))
@@ -448,8 +458,8 @@ class _StateCheckpoint(keras.callbacks.Callback):
         self.trainer.save_state(self.stage_index)
 
 
-def _loss_state_variables(loss) -> list:
-    return list(loss.state_variables()) if hasattr(loss, "state_variables") else []
+def _state_variables(owner) -> list:
+    return list(owner.state_variables()) if hasattr(owner, "state_variables") else []
 
 
 def history_epochs(output_dir: str | os.PathLike) -> list[int]:

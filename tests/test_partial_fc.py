@@ -153,3 +153,25 @@ def test_benchmark_script_reports_one_row_per_rate_with_its_sampled_classes():
     assert [float(row[0]) for row in rows] == [1.0, 0.25, 0.1]
     assert [int(row[1]) for row in rows] == [300, sampled_class_count(300, 0.25), sampled_class_count(300, 0.1)]
     assert float(rows[0][3]) == 1.0 and all(float(row[2]) > 0 for row in rows)
+
+
+def test_resume_inside_a_partial_fc_stage_draws_the_same_classes_as_an_uninterrupted_run(tmp_path):
+    def stages(epochs):
+        return [Stage(epochs, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9),
+                      partial_fc_rate=0.5)]
+
+    keras.utils.set_random_seed(7)
+    straight = Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path / "straight", verbose=0)
+    straight.fit(stages(3))
+    keras.utils.set_random_seed(7)
+    first = Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path / "split", verbose=0)
+    first.fit(stages(1))  # interrupted after epoch 1 of 3
+    sampler = np.load(tmp_path / "split" / "training_state.npz")["sampler_0"]
+    assert sampler[1] > 0  # the sampler advanced: restoring it is observable
+
+    keras.utils.set_random_seed(99)  # a different sampler seed unless the saved state overrides it
+    resumed = Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path / "split", verbose=0)
+    resumed.fit(stages(3), resume=True)
+    for a, b in zip(straight.embedding_model.weights + straight.head.weights,
+                    resumed.embedding_model.weights + resumed.head.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
