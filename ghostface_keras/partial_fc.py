@@ -4,7 +4,7 @@ An, Zhu et al., "Killing Two Birds with One Stone: Efficient and Robust Training
 by Partial FC" (CVPR 2022). With millions of identities the `B x C` cosine logits of `NormDense` (and
 their softmax and gradient) dominate each step. Partial FC keeps every class center but, per step,
 computes the logits of every class present in the batch plus random other classes, `K = ceil(rate x C)`
-in all (rate 0.1 keeps accuracy on MS1M / WebFace in the paper; 0.3 is safer on noisy data). The
+in all, or the batch size when that is larger, so that every class of a batch fits (rate 0.1 keeps accuracy on MS1M / WebFace in the paper; 0.3 is safer on noisy data). The
 sampled columns get the gradient; like insightface's PartialFC v2, the optimizer still steps every
 column (momentum and weight decay go on for the unsampled ones).
 
@@ -40,12 +40,13 @@ def sampled_class_count(num_classes: int, sample_rate: float) -> int:
     return max(1, min(int(num_classes), math.ceil(sample_rate * num_classes)))
 
 
-def sample_classes(labels, num_classes: int, num_sampled: int, seed=None):
+def sample_classes(labels, num_classes: int, num_sampled, seed=None):
     """The classes a partial-FC step computes, and the labels renumbered into them.
 
     Returns `(sampled, positions)`: `sampled` (K,) int32 holds every class of `labels` plus random
     other classes, in ascending order; `positions` (B,) int32 gives each label's index in `sampled`,
-    so `sampled[positions] == labels`. More distinct labels than K is an error (raise the rate).
+    so `sampled[positions] == labels`. `num_sampled` (K, an int or a scalar tensor) must be at least
+    the number of distinct labels.
 
     Example:
         >>> sampled, positions = sample_classes(np.array([7, 3, 7]), num_classes=10, num_sampled=4, seed=0)
@@ -56,7 +57,7 @@ def sample_classes(labels, num_classes: int, num_sampled: int, seed=None):
     present = ops.cast(ops.scatter(ops.expand_dims(labels, 1), ops.ones_like(labels), (num_classes,)) > 0, "float32")
     tf.debugging.assert_less_equal(
         ops.cast(ops.sum(present), "int32"), num_sampled,
-        message=f"partial FC: a batch holds more distinct classes than the {num_sampled} sampled; raise sample_rate",
+        message="partial FC: a batch holds more distinct classes (x) than the classes sampled (y)",
     )
     # present classes score above 1, the others uniformly in [0, 1): top-K keeps all present + random others
     scores = present * 2.0 + keras.random.uniform((num_classes,), seed=seed)
@@ -72,7 +73,8 @@ class PartialFCModel(keras.Model):
     Args:
         embedding_model: image -> embedding model.
         head: the `NormDense` over all classes (its weights are shared, not copied).
-        sample_rate: fraction of the classes in each step's softmax (positives always included).
+        sample_rate: fraction of the classes in each step's softmax (positives always included; at
+            least the batch size of classes, at most all).
         seed: seed of the class sampling.
 
     Calling the model (predict / evaluate) gives the cosines to *all* classes; only `train_step`
@@ -102,7 +104,10 @@ class PartialFCModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        sampled, positions = sample_classes(y, self.head.num_classes, self.num_sampled, seed=self._sampling_seed)
+        # at least the batch size, so every class of the batch fits; a shape, hence static under XLA
+        batch = ops.shape(ops.reshape(y, (-1,)))[0]
+        num_sampled = ops.minimum(ops.maximum(batch, self.num_sampled), self.head.num_classes)
+        sampled, positions = sample_classes(y, self.head.num_classes, num_sampled, seed=self._sampling_seed)
         with tf.GradientTape() as tape:
             embeddings = self.embedding_model(x, training=True)
             y_pred = self.head(embeddings, class_indices=sampled)

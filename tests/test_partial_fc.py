@@ -55,6 +55,20 @@ def test_sample_classes_keeps_every_label_renumbers_them_and_varies_the_others()
         sample_classes(labels, 100, 3, seed=0)
 
 
+def test_a_batch_with_more_classes_than_the_rate_gives_samples_the_batch_size():
+    # 80 classes at rate 0.1 -> K = 8, but a batch of 16 holds up to 16 classes: K grows to 16
+    embedding = _embedding()
+    head = NormDense(80)
+    head.build((None, 4))
+    kernel_before = head.kernel.numpy().copy()
+    model = PartialFCModel(embedding, head, sample_rate=0.1, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=ArcFace(scale=16), jit_compile=True)
+    labels = np.arange(16, dtype="int32") * 5
+    model.fit(np.random.default_rng(0).normal(size=(16, 6)).astype("float32"), labels, batch_size=16, verbose=0)
+    changed = np.flatnonzero(np.any(head.kernel.numpy() != kernel_before, axis=0))
+    assert len(changed) == 16 and set(labels) == set(changed)
+
+
 def _embedding(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((6,))
