@@ -242,11 +242,12 @@ class Trainer:
         return keras.Model(inputs, outputs, name="face_training")
 
     def _accuracy(self):
-        num_classes = self.num_classes
+        # the head's cosines come first; MagFace / AdaFace stages append a -||x|| column (partial FC: K cosines)
+        has_norm_column = self.head.append_norm
 
         def accuracy(y_true, y_pred):
             labels = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
-            predicted = tf.argmax(y_pred[:, :num_classes], axis=1)
+            predicted = tf.argmax(y_pred[:, :-1] if has_norm_column else y_pred, axis=1)
             return tf.cast(tf.equal(labels, predicted), tf.float32)
 
         return accuracy

@@ -189,3 +189,15 @@ def test_resume_inside_a_partial_fc_stage_draws_the_same_classes_as_an_uninterru
     for a, b in zip(straight.embedding_model.weights + straight.head.weights,
                     resumed.embedding_model.weights + resumed.head.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_training_accuracy_ignores_the_norm_column_of_partial_cosines(tmp_path):
+    trainer = Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path, verbose=0)
+    partial_cosines_with_norm = np.array([[0.1, 0.5, -0.2, -0.3],    # K = 3 cosines, then -||x|| = -0.3
+                                          [-0.9, -0.8, -0.7, -0.5]], "float32")  # here -||x|| is the largest
+    trainer.head.append_norm = True
+    accuracy = trainer._accuracy()
+    np.testing.assert_array_equal(np.asarray(accuracy(np.array([1, 2]), partial_cosines_with_norm)), [1.0, 1.0])
+    trainer.head.append_norm = False
+    accuracy = trainer._accuracy()
+    np.testing.assert_array_equal(np.asarray(accuracy(np.array([1, 3]), partial_cosines_with_norm)), [1.0, 1.0])
