@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options, with `--config FILE` supplying defaults that explicit options override."""
     parser = build_parser()
+    from ghostface_keras.errors import GhostFaceError
+
     args = parser.parse_args(argv)
     if args.config:
-        from ghostface_keras.errors import GhostFaceError
-
         try:
             overrides = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as error:
@@ -92,8 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.output is None:
         args.output = os.path.join("runs", "demo" if args.demo else "train")
     resolve_recipe_defaults(args)
-    from ghostface_keras.errors import GhostFaceError
-
     if not 0.0 < args.partial_fc_rate <= 1.0:
         raise GhostFaceError(f"--partial-fc-rate must be in (0, 1], got {args.partial_fc_rate}")
     if args.partial_fc_rate < 1.0 and args.optimizer == "sam":

@@ -47,6 +47,15 @@ def build_optimizer(name: str, learning_rate: float, weight_decay: float = 5e-4,
     return optimizer
 
 
+def track_training_loss(model: keras.Model, loss, x) -> None:
+    """What Keras' own `train_step` does with the step's loss: feed the `loss` metric that `fit` reports
+    (undoing the division by the replica count). For models with a custom `train_step`."""
+    model._loss_tracker.update_state(
+        keras.src.losses.loss.unscale_loss_for_distribution(loss),
+        sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
+    )
+
+
 @keras.saving.register_keras_serializable(package="ghostface_keras")
 class SAMModel(keras.Model):
     """A functional Keras model trained with sharpness-aware minimization by `fit`.
@@ -95,10 +104,7 @@ class SAMModel(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            self._loss_tracker.update_state(
-                keras.src.losses.loss.unscale_loss_for_distribution(loss),
-                sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
-            )
+            track_training_loss(self, loss, x)
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, trainable)
 

@@ -4,9 +4,10 @@ An, Zhu et al., "Killing Two Birds with One Stone: Efficient and Robust Training
 by Partial FC" (CVPR 2022). With millions of identities the `B x C` cosine logits of `NormDense` (and
 their softmax and gradient) dominate each step. Partial FC keeps every class center but, per step,
 computes the logits of every class present in the batch plus random other classes, `K = ceil(rate x C)`
-in all, or the batch size when that is larger, so that every class of a batch fits (rate 0.1 keeps accuracy on MS1M / WebFace in the paper; 0.3 is safer on noisy data). The
-sampled columns get the gradient; like insightface's PartialFC v2, the optimizer still steps every
-column (momentum and weight decay go on for the unsampled ones).
+in all, or the batch size when that is larger, so that every class of a batch fits (rate 0.1 keeps
+accuracy on MS1M / WebFace in the paper; 0.3 is safer on noisy data). The sampled columns get the
+gradient; like insightface's PartialFC v2, the optimizer still steps every column (momentum and weight
+decay go on for the unsampled ones).
 
 Under a `tf.distribute` strategy every replica draws its own sample for its share of the batch and the
 gradients are all-reduced as usual (data parallel); the class-sharded, model-parallel head of the paper
@@ -31,6 +32,7 @@ import tensorflow as tf
 from keras import ops
 
 from ghostface_keras.heads import NormDense
+from ghostface_keras.optimizers import track_training_loss
 
 
 def sampled_class_count(num_classes: int, sample_rate: float) -> int:
@@ -113,10 +115,7 @@ class PartialFCModel(keras.Model):
             embeddings = self.embedding_model(x, training=True)
             y_pred = self.head(embeddings, class_indices=sampled)
             loss = self._compute_loss(x=x, y=positions, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            self._loss_tracker.update_state(
-                keras.src.losses.loss.unscale_loss_for_distribution(loss),
-                sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
-            )
+            track_training_loss(self, loss, x)
             scaled = self.optimizer.scale_loss(loss)
         trainable = self.trainable_variables
         gradients = tape.gradient(scaled, trainable)
