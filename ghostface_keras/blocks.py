@@ -160,6 +160,34 @@ def ghost_module(x, out_channels: int, settings: LayerSettings, name: str, activ
     return layers.Concatenate(name=f"{name}_concat")([primary, cheap])
 
 
+@keras.saving.register_keras_serializable(package="ghostface_keras")
+class BilinearResize(layers.Layer):
+    """Bilinear resize to a fixed (height, width): half-pixel centres, no antialias.
+
+    Not `keras.layers.Resizing`: that is an image-preprocessing layer whose `call` defaults to
+    ``training=True``, and in an eager ``model(x)`` without ``training=False`` Keras hands that value on
+    to every later layer of the call, so all BatchNorms after the first DFC gate used batch statistics
+    (GhostFaceNetV2 embeddings of ``model(x)`` differed from ``model.predict(x)``).
+
+    Example:
+        >>> tuple(BilinearResize(7, 7)(keras.ops.ones((1, 3, 3, 8))).shape)
+        (1, 7, 7, 8)
+    """
+
+    def __init__(self, height: int, width: int, **kwargs):
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+
+    def call(self, inputs):
+        return ops.image.resize(inputs, (self.height, self.width), interpolation="bilinear", antialias=False)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.height, self.width, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
 def dfc_attention(block_input, out_channels: int, settings: LayerSettings, name: str):
     """GhostNetV2's decoupled fully connected (DFC) attention gate, computed from the block input.
 
@@ -179,7 +207,7 @@ def dfc_attention(block_input, out_channels: int, settings: LayerSettings, name:
     gate = depthwise_conv(gate, (5, 1), symmetric, f"{name}_v_dw")
     gate = batch_norm(gate, settings, f"{name}_v_bn")
     gate = layers.Activation("sigmoid", name=f"{name}_sigmoid")(gate)
-    return layers.Resizing(height, width, interpolation="bilinear", name=f"{name}_resize")(gate)
+    return BilinearResize(height, width, name=f"{name}_resize")(gate)
 
 
 def se_block(x, settings: LayerSettings, name: str, ratio: float = 0.25, gate: str = "hard_sigmoid",

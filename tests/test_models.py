@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ghostface_keras as g
-from ghostface_keras.blocks import LayerSettings, dfc_attention, make_divisible
+from ghostface_keras.blocks import BilinearResize, LayerSettings, dfc_attention, make_divisible
 
 OFFICIAL_BUILDS = {
     "ghostfacenetv1-w1.0-s2": lambda: g.GhostFaceNetV1(width=1.0, strides=2),
@@ -98,7 +98,7 @@ def test_keras2_hard_sigmoid_differs_from_keras3():
 def test_dfc_resize_is_half_pixel_bilinear():
     """Resizing a 3x3 ramp to 7x7 must give the official (TF2 half-pixel) values."""
     ramp = np.arange(9, dtype="float32").reshape(1, 3, 3, 1)
-    resized = keras.layers.Resizing(7, 7, interpolation="bilinear")(ramp)
+    resized = BilinearResize(7, 7)(ramp)
     first_row = keras.ops.convert_to_numpy(resized)[0, 0, :, 0]
     np.testing.assert_allclose(first_row, [0, 1 / 7, 4 / 7, 1, 10 / 7, 13 / 7, 2], atol=1e-5)
 
@@ -111,6 +111,21 @@ def test_dfc_attention_floors_odd_sizes_and_restores_them():
     assert model.output_shape == (None, 7, 7, 8)
     out = model(np.random.default_rng(0).normal(size=(2, 7, 7, 8)).astype("float32"))
     assert np.all((keras.ops.convert_to_numpy(out) > 0) & (keras.ops.convert_to_numpy(out) < 1))
+
+
+def test_v2_eager_call_uses_inference_batchnorm():
+    """`model(x)` must equal `model(x, training=False)`: keras.layers.Resizing (a preprocessing layer whose
+    call defaults to training=True) used to switch every later BatchNorm of an eager call to batch statistics."""
+    model = g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3), strides=1)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma, beta, rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2.0, variance.shape)])
+    batch = rng.uniform(-1, 1, size=(4, 64, 64, 3)).astype("float32")
+    eager = keras.ops.convert_to_numpy(model(batch))
+    np.testing.assert_allclose(eager, keras.ops.convert_to_numpy(model(batch, training=False)), atol=1e-5)
+    np.testing.assert_allclose(eager, model.predict(batch, verbose=0), atol=1e-4)
 
 
 def test_v1_stride2_uses_tensorflow_same_padding_and_v2_symmetric_padding():
