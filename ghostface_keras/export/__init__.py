@@ -26,7 +26,8 @@ Command line (also installed as `ghostface-export`):
         --calibration-data faces/train --output model_int8.tflite
 
 Modules: `saved_model` (SavedModel), `tflite` (conversion), `int8_rewrite` (XNNPACK-friendly int8 ops),
-`equalize` (per-channel range equalization before int8), `runtime` (LiteRT: run, inspect, time),
+`equalize` (per-channel range equalization before int8), `quantization_aware` (a twin that rounds like
+the int8 file, for fine-tuning against it), `runtime` (LiteRT: run, inspect, time),
 `parity` (the report), `onnx` (optional extra), `images` (faces and models from files), `cli`.
 """
 
@@ -35,6 +36,11 @@ from ghostface_keras.export.images import IMAGE_SUFFIXES, list_images, load_face
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.onnx import export_onnx, onnx_available, run_onnx
 from ghostface_keras.export.parity import PARITY_THRESHOLDS, ParityReport, check_parity
+from ghostface_keras.export.quantization_aware import (
+    fine_tune_quantization_aware,
+    is_quantization_aware,
+    quantization_aware_model,
+)
 from ghostface_keras.export.runtime import (
     TFLiteEmbedder,
     count_delegate_nodes,
@@ -49,8 +55,9 @@ from ghostface_keras.export.tflite import DYNAMIC_SHAPE_OPS, QUANTIZATIONS, expo
 
 __all__ = [
     "DYNAMIC_SHAPE_OPS", "FORMATS", "IMAGE_SUFFIXES", "PARITY_THRESHOLDS", "QUANTIZATIONS", "ParityReport",
-    "TFLiteEmbedder", "check_parity", "count_delegate_nodes", "dynamic_tensor_names", "export_onnx", "export_saved_model",
-    "export_tflite", "list_images", "load_face_images", "load_model_for_export", "main", "make_interpreter",
-    "onnx_available", "run_onnx", "run_saved_model", "run_tflite", "sample_images", "tflite_latency_ms",
+    "TFLiteEmbedder", "check_parity", "count_delegate_nodes", "dynamic_tensor_names", "export_onnx",
+    "export_saved_model", "export_tflite", "fine_tune_quantization_aware", "is_quantization_aware", "list_images",
+    "load_face_images", "load_model_for_export", "main", "make_interpreter", "onnx_available",
+    "quantization_aware_model", "run_onnx", "run_saved_model", "run_tflite", "sample_images", "tflite_latency_ms",
     "tflite_op_names", "xnnpack_int8_equivalent",
 ]

@@ -49,6 +49,12 @@ def _calibrated_ranges(model) -> dict[int, tuple[float, float]]:
     return ranges
 
 
+def bin_counts(values: np.ndarray, low: float, high: float, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Counts of `values` in `bins` equal bins over [low, high] (values outside go to the end bins)."""
+    positions = ((np.ravel(values) - low) * (bins / max(high - low, 1e-12))).astype(np.int64)
+    return np.bincount(np.clip(positions, 0, bins - 1), minlength=bins)
+
+
 def activation_histograms(
     calibrated: bytes, images: np.ndarray, ranges: dict[int, tuple[float, float]], bins: int = HISTOGRAM_BINS
 ) -> dict[int, np.ndarray]:
@@ -71,9 +77,7 @@ def activation_histograms(
         interpreter.set_tensor(input_index, np.asarray(image, np.float32)[None])
         interpreter.invoke()
         for index, (low, high) in ranges.items():
-            values = interpreter.get_tensor(index).ravel()
-            positions = ((values - low) * (bins / max(high - low, 1e-12))).astype(np.int64)
-            counts[index] += np.bincount(np.clip(positions, 0, bins - 1), minlength=bins)
+            counts[index] += bin_counts(interpreter.get_tensor(index), low, high, bins)
         if progress is not None:
             progress.update(number)
     return counts

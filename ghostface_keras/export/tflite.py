@@ -13,6 +13,7 @@ from ghostface_keras.errors import ExportError
 from ghostface_keras.export.activation_ranges import clip_activation_ranges, quantize_with_best_percentile
 from ghostface_keras.export.equalize import equalize_channel_ranges
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
+from ghostface_keras.export.quantization_aware import is_quantization_aware
 from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
 from ghostface_keras.export.saved_model import _write_saved_model
 
@@ -70,6 +71,20 @@ def _configure_quantization(converter, quantization: str, representative_data, i
             converter.inference_output_type = tf.int8
 
 
+def _configure_quantization_aware(converter, representative_data, int8_io: bool) -> None:
+    """Full int8 from the model's FakeQuant ranges; representative images only fill any range it lacks."""
+    import tensorflow as tf
+
+    if representative_data is None:
+        raise ExportError("int8 export of a quantization-aware model still needs representative_data (a few faces)")
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.representative_dataset = _representative_dataset(representative_data)
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+
 def export_tflite(
     model,
     path: str | os.PathLike,
@@ -102,6 +117,11 @@ def export_tflite(
             closest to float on held-out calibration images (`quantize_with_best_percentile`);
             ``None`` keeps the converter's min/max.
 
+    A model from `quantization_aware_model` exports only as ``"int8"``: its own ranges become the int8
+    scales as they are (no equalization, calibration or percentile), so the file computes what it
+    computes; `representative_data` is still required by the converter (a few images suffice) and
+    fills only ranges the model lacks.
+
     Example:
         >>> export_tflite(model, "face_int8.tflite", "int8", representative_data=train_faces[:200])
         PosixPath('face_int8.tflite')
@@ -112,7 +132,12 @@ def export_tflite(
         raise ExportError(f"unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
     path = Path(path)
     traced = model
-    if quantization == "int8":
+    quantization_aware = is_quantization_aware(model)
+    if quantization_aware and quantization != "int8":
+        raise ExportError(
+            f"{path}: a quantization-aware model exports only as int8 (got {quantization!r}); export the float model"
+        )
+    if quantization == "int8" and not quantization_aware:
         representative_data = _as_image_array(representative_data)
         if equalize and representative_data is not None:
             traced = equalize_channel_ranges(model, representative_data[:EQUALIZATION_IMAGES])
@@ -121,9 +146,12 @@ def export_tflite(
         _write_saved_model(traced, Path(staging), batch_size, uint8_signature=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        _configure_quantization(converter, quantization, representative_data, int8_io)
+        if quantization_aware:
+            _configure_quantization_aware(converter, representative_data, int8_io)
+        else:
+            _configure_quantization(converter, quantization, representative_data, int8_io)
         try:
-            if quantization == "int8" and activation_percentile is not None:
+            if quantization == "int8" and activation_percentile is not None and not quantization_aware:
                 flatbuffer = _quantize_with_percentile_ranges(
                     converter, representative_data, activation_percentile, int8_io
                 )
