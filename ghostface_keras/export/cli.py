@@ -121,8 +121,9 @@ def _export(args: argparse.Namespace, model, height_width: tuple[int, int]) -> P
 
 # what to try when a quantized file misses its threshold (docs/export.md, "Full-int8 accuracy")
 _PARITY_HINTS = {
-    "int8": " (trained checkpoints with large PReLU slopes lose more in full int8: --fine-tune-steps 300 trains "
-            "the weights against the int8 rounding; --quantization float16 keeps cosine > 0.999 at half the fp32 size)",
+    "int8": " (trained checkpoints with large PReLU slopes lose more in full int8: --fine-tune-steps 600 with "
+            "--calibration-size 1500 trains the weights against the int8 rounding; --quantization float16 keeps "
+            "cosine > 0.999 at half the fp32 size)",
     "dynamic": " (--quantization float16 keeps cosine > 0.999 at half the fp32 size)",
 }
 
