@@ -388,9 +388,9 @@ def _set_ranges(quantizers, groups: _Groups, fixed, extremes, counts, percentile
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return float((a * b).sum(axis=1).mean())
+    from ghostface_keras.export.parity import _cosines
+
+    return float(_cosines(np.asarray(a), np.asarray(b)).mean())
 
 
 def quantization_aware_model(

@@ -71,20 +71,6 @@ def _configure_quantization(converter, quantization: str, representative_data, i
             converter.inference_output_type = tf.int8
 
 
-def _configure_quantization_aware(converter, representative_data, int8_io: bool) -> None:
-    """Full int8 from the model's FakeQuant ranges; representative images only fill any range it lacks."""
-    import tensorflow as tf
-
-    if representative_data is None:
-        raise ExportError("int8 export of a quantization-aware model still needs representative_data (a few faces)")
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.representative_dataset = _representative_dataset(representative_data)
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-
-
 def export_tflite(
     model,
     path: str | os.PathLike,
@@ -146,10 +132,8 @@ def export_tflite(
         _write_saved_model(traced, Path(staging), batch_size, uint8_signature=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization_aware:
-            _configure_quantization_aware(converter, representative_data, int8_io)
-        else:
-            _configure_quantization(converter, quantization, representative_data, int8_io)
+        # a twin's FakeQuant ranges take precedence; the representative images fill only ranges it lacks
+        _configure_quantization(converter, quantization, representative_data, int8_io)
         try:
             if quantization == "int8" and activation_percentile is not None and not quantization_aware:
                 flatbuffer = _quantize_with_percentile_ranges(
