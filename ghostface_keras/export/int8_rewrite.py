@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def folds_into_producer(alpha: np.ndarray) -> bool:
+    """Whether a PReLU with slopes `alpha` takes the three-op int8 form ``z + k |z|`` (every a > -0.5),
+    whose first multiply the converter folds into the convolution before it."""
+    return bool(np.all((1.0 + np.asarray(alpha, np.float32)) / 2.0 > 0.25))
+
+
 def _decomposed_prelu_layer(prelu):
     """A layer equal to `prelu` built from LEAKY_RELU(-1) = |x|, per-channel MULs and an ADD.
 
@@ -19,7 +25,7 @@ def _decomposed_prelu_layer(prelu):
 
     alpha = np.asarray(prelu.get_weights()[0], dtype=np.float32)
     positive_scale, absolute_scale = (1.0 + alpha) / 2.0, (1.0 - alpha) / 2.0
-    if np.all(positive_scale > 0.25):
+    if folds_into_producer(alpha):
         ratio = absolute_scale / positive_scale
 
         def call(x):

@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from ghostface_keras.errors import ExportError
+from ghostface_keras.export.int8_rewrite import _average_pool_as_depthwise, folds_into_producer
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ class QuantizedPReLU(keras.layers.Layer):
     def __init__(self, alpha, **kwargs):
         super().__init__(**kwargs)
         self.alpha = np.asarray(alpha, np.float32)
-        positive = (1.0 + self.alpha) / 2.0
-        self.folds_into_producer = bool(np.all(positive > 0.25))
+        self.folds_into_producer = folds_into_producer(self.alpha)
         names = ("scaled", "absolute", "magnified", "output") if self.folds_into_producer else (
             "absolute", "positive", "negative", "output")
         self.quantizers = {name: ActivationQuantizer(name=f"{self.name}_{name}_quant") for name in names}
@@ -204,7 +204,7 @@ class _Plan:
         return self.model.get_layer(consumers[0]) if len(consumers) == 1 else None
 
     def _folding_prelu(self, layer) -> bool:
-        return type(layer).__name__ == "PReLU" and bool(np.all((1.0 + layer.get_weights()[0]) / 2.0 > 0.25))
+        return type(layer).__name__ == "PReLU" and folds_into_producer(layer.get_weights()[0])
 
     def _feeds_only_batchnorm(self, name: str) -> bool:
         consumer = self._sole_consumer(name)
@@ -271,8 +271,6 @@ class _Groups:
 
 def _build(base):
     """The quantization-aware twin of `base`, its quantizers by name, scale groups and fixed ranges."""
-    from ghostface_keras.export.int8_rewrite import _average_pool_as_depthwise
-
     plan = _Plan(base)
     quantizers: dict[str, ActivationQuantizer] = {}
     groups, fixed = _Groups(), {}
@@ -289,6 +287,7 @@ def _build(base):
             inputs = keras.Input(batch_shape=base.inputs[0].shape, name=layer.name)
             outputs[layer.name] = quantize(inputs, f"{layer.name}_quant")
             stored[layer.name] = f"{layer.name}_quant"
+            fixed[stored[layer.name]] = _INPUT_RANGE
             continue
         sources = plan.producers[layer.name]
         args = [outputs[source] for source in sources]
@@ -369,7 +368,7 @@ def _histograms(model, quantizers, images: np.ndarray):
     return extremes, counts
 
 
-def _set_ranges(quantizers, groups: _Groups, fixed, extremes, counts, percentile: float, input_name: str) -> None:
+def _set_ranges(quantizers, groups: _Groups, fixed, extremes, counts, percentile: float) -> None:
     from ghostface_keras.export.activation_ranges import percentile_range
 
     ranges = {}
@@ -382,7 +381,6 @@ def _set_ranges(quantizers, groups: _Groups, fixed, extremes, counts, percentile
         merged[root] = (min(old[0], low), max(old[1], high))
     for name in fixed:
         merged[groups.find(name)] = fixed[name]
-    merged[groups.find(input_name)] = _INPUT_RANGE
     for name, quantizer in quantizers.items():
         quantizer.set_range(*merged[groups.find(name)])
 
@@ -430,10 +428,9 @@ def quantization_aware_model(
         base = keras.models.clone_model(model)
         base.set_weights(model.get_weights())
     qat, quantizers, groups, fixed = _build(base)
-    input_name = f"{base.layers[0].name}_quant"
     if activation_percentile != "auto":
         extremes, counts = _histograms(qat, quantizers, images)
-        _set_ranges(quantizers, groups, fixed, extremes, counts, float(activation_percentile), input_name)
+        _set_ranges(quantizers, groups, fixed, extremes, counts, float(activation_percentile))
         return qat
     held_out = min(SELECTION_IMAGES, len(images) // 4)
     fit, selection = images[:-held_out], images[-held_out:]
@@ -441,10 +438,10 @@ def quantization_aware_model(
     reference = np.asarray(model.predict(selection, verbose=0))
     scores = {}
     for percentile in PERCENTILE_CANDIDATES:
-        _set_ranges(quantizers, groups, fixed, extremes, counts, percentile, input_name)
+        _set_ranges(quantizers, groups, fixed, extremes, counts, percentile)
         scores[percentile] = _mean_cosine(np.asarray(qat(selection, training=False)), reference)
     best = max(scores, key=scores.get)
-    _set_ranges(quantizers, groups, fixed, extremes, counts, best, input_name)
+    _set_ranges(quantizers, groups, fixed, extremes, counts, best)
     logger.info(
         "quantization-aware ranges: percentile %s chosen on %d held-out images (%s)",
         best, held_out, ", ".join(f"{p}: {c:.4f}" for p, c in scores.items()),
