@@ -26,10 +26,11 @@ setup(
         "h5py",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "ai-edge-litert"],
+        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "ai-edge-litert", "jax[cpu]>=0.4.36"],
         "align": ["mtcnn"],
         "litert": ["ai-edge-litert"],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
+        "jax": ["jax>=0.4.36"],
     },
     entry_points={
         "console_scripts": [

@@ -38,4 +38,5 @@ from ghostface_keras.losses import AdaFace, ArcFace, CombinedMargin, CosFace, Ma
 from ghostface_keras.optimizers import SAMModel, build_optimizer
 from ghostface_keras.partial_fc import PartialFCModel
 from ghostface_keras.callbacks import CosineRestarts, ExponentialEpochDecay, StepDecay, VerificationCallback
-from ghostface_keras.training import Stage, Trainer, make_strategy
+from ghostface_keras.training import Stage, Trainer
+from ghostface_keras.distribution import Cluster, setup_cluster, use_cpu_devices

@@ -371,14 +371,18 @@ def embed_images(model: keras.Model, images: np.ndarray, batch_size: int = 64, f
     """Embeddings of uint8 RGB images (N x H x W x 3), optionally summed with the mirrored images' (flip TTA).
 
     Uses the model's compiled predict function (`predict_on_batch`): an eager `model(batch)` call per batch
-    costs several times the forward pass on CPU.
+    costs several times the forward pass on CPU. In a multi-process run each process computes on its own
+    (`distribution.local_predictor`).
     """
+    from ghostface_keras.distribution import local_predictor
+
+    predict = local_predictor(model)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = normalize_images(images[start:start + batch_size])
-        embedding = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        embedding = predict(batch).astype(np.float32)
         if flip:
-            embedding = embedding + np.asarray(model.predict_on_batch(batch[:, :, ::-1]), dtype=np.float32)
+            embedding = embedding + predict(np.ascontiguousarray(batch[:, :, ::-1])).astype(np.float32)
         outputs.append(embedding)
     return np.concatenate(outputs)
 
@@ -412,12 +416,18 @@ class VerificationCallback(keras.callbacks.Callback):
         self.latest: dict[str, float] = {}
 
     def evaluate(self) -> dict[str, float]:
-        """Accuracy of the current embedding model on every pair set."""
+        """Accuracy of the current embedding model on every pair set.
+
+        In a multi-process run every process evaluates and all take process 0's scores, so that decisions
+        made on them (early stop) are the same everywhere.
+        """
+        from ghostface_keras.distribution import broadcast_from_writer
+
         scores = {}
         for name, (images, issame) in self.pair_sets.items():
             embeddings = embed_images(self.embedding_model, images, self.batch_size, self.flip)
             scores[name] = _verification_accuracy(embeddings, issame)
-        return scores
+        return broadcast_from_writer(scores)
 
     def on_epoch_end(self, epoch, logs=None):
         self.latest = {}
@@ -463,6 +473,7 @@ class HistoryWriter(keras.callbacks.Callback):
     Record keys: `epoch` (1-based), `lr` (at the epoch's first batch), `loss`, `accuracy`, one key per
     verification set, `seconds` (training time of the epoch, without evaluation). Existing records are kept
     (resume) except those at or after the epoch training restarts from, so every epoch appears once.
+    `write=False` keeps the records in memory only (the processes of a run other than process 0).
 
     Example:
         >>> writer = HistoryWriter("/tmp/history.json")
@@ -471,9 +482,9 @@ class HistoryWriter(keras.callbacks.Callback):
     def __init__(self, path: str | os.PathLike, clock: EpochClock | None = None,
                  lr_callback: keras.callbacks.Callback | None = None,
                  verification: VerificationCallback | None = None, plot: bool = True,
-                 guard: NaNGuard | None = None):
+                 guard: NaNGuard | None = None, write: bool = True):
         super().__init__()
-        self.guard = guard
+        self.guard, self.write = guard, bool(write)
         self.path, self.clock, self.lr_callback = Path(path), clock, lr_callback
         self.verification, self.plot = verification, plot
         self.records: list[dict] = load_history(self.path)
@@ -500,12 +511,50 @@ class HistoryWriter(keras.callbacks.Callback):
         if self.clock:
             record["cpu_seconds"] = round(self.clock.cpu_seconds, 3)
         self.records = [r for r in self.records if int(r["epoch"]) != epoch + 1] + [record]
+        if not self.write:
+            return
         write_atomically(self.path, lambda p: Path(p).write_text(json.dumps(self.records, indent=1)))
         if self.plot:
             try:
                 plot_history(self.records, self.path.with_suffix(".png"))
             except Exception as error:  # noqa: BLE001 - a plot must never stop training
                 logger.warning("could not plot the history: %s", error)
+
+
+class StepLossLog(keras.callbacks.Callback):
+    """Every step's training loss in a JSON list `[{"epoch", "step", "loss"}, ...]`, rewritten after each epoch.
+
+    Keras reports the running mean of the epoch after each batch; step k's own loss is recovered as
+    `(k + 1) * mean_k - k * mean_(k-1)`. Opt-in (`train.py --log-steps`): reading the logs after every batch
+    synchronizes the host with the device once per step. `write=False` keeps the records in memory only.
+
+    Example:
+        >>> log = StepLossLog("/tmp/steps.json")
+    """
+
+    def __init__(self, path: str | os.PathLike, write: bool = True):
+        super().__init__()
+        self.path, self.write = Path(path), bool(write)
+        self.records: list[dict] = load_history(self.path)
+        self._epoch, self._previous_mean = 0, 0.0
+
+    def keep_until(self, epoch: int) -> None:
+        """Drop the steps of epochs after `epoch` (1-based), as when resuming from it."""
+        self.records = [r for r in self.records if int(r["epoch"]) <= epoch]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._previous_mean = epoch + 1, 0.0
+        self.records = [r for r in self.records if int(r["epoch"]) != epoch + 1]
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float((logs or {}).get("loss", float("nan")))
+        loss = (batch + 1) * mean - batch * self._previous_mean
+        self._previous_mean = mean
+        self.records.append({"epoch": self._epoch, "step": batch + 1, "loss": loss})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.write:
+            write_atomically(self.path, lambda p: Path(p).write_text(json.dumps(self.records)))
 
 
 def load_history(path: str | os.PathLike) -> list[dict]:
@@ -528,16 +577,14 @@ def plot_history(records: Iterable[dict], png_path: str | os.PathLike) -> None:
     Example:
         >>> plot_history([{"epoch": 1, "lr": 0.1, "loss": 2.0}], "/tmp/history.png")
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the caller's plotting backend stays as it is
 
     records = list(records)
     epochs = [r["epoch"] for r in records]
     reserved = {"epoch", "lr", "loss", "accuracy", "seconds", "cpu_seconds"}
     scores = sorted({k for r in records for k in r if k not in reserved})
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure = Figure(figsize=(13, 3.6))
+    axes = figure.subplots(1, 3)
     axes[0].plot(epochs, [r.get("loss") for r in records], marker="o")
     axes[0].set_title("training loss")
     if any("accuracy" in r for r in records):
@@ -553,4 +600,3 @@ def plot_history(records: Iterable[dict], png_path: str | os.PathLike) -> None:
         axis.set_xlabel("epoch")
     figure.tight_layout()
     write_atomically(png_path, lambda p: figure.savefig(p, format="png", dpi=80))
-    plt.close(figure)

@@ -5,16 +5,19 @@ SAM (Foret et al. 2021) minimizes the loss at the worst nearby point of weight s
   2. e = rho * g / ||g||                    (ascent step to the locally worst point)
   3. g_sam = grad L(w + e)                  (second pass, at the perturbed weights)
   4. the wrapped optimizer applies g_sam to w (not to w + e).
-The perturbed weights are never written to the variables: the second pass is a `stateless_call` with
-`w + e` as values, so it works unchanged under mixed precision (the loss-scaled gradients give the same
-direction g / ||g||) and under `tf.distribute` (each replica perturbs with its own gradient, the
-"m-sharpness" variant the SAM paper found to work best; the final gradients are all-reduced as usual).
+The perturbed weights are never written to the variables: the second pass runs with `w + e` as values,
+so it works unchanged under mixed precision (the loss-scaled gradients give the same direction g / ||g||).
+The step exists twice, chosen by the Keras backend: TensorFlow (`tf.GradientTape`; under `tf.distribute`
+each replica perturbs with its own gradient, the "m-sharpness" variant the SAM paper found to work best)
+and JAX (`jax.value_and_grad` on the stateless step; under `keras.distribution` the gradient, hence the
+perturbation, is that of the global batch).
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+
+from ghostface_keras.errors import GhostFaceError
 
 # Variables that decoupled weight decay should leave alone: BatchNorm scale/shift, biases, PReLU slopes.
 NO_DECAY_NAMES = ("gamma", "beta", "bias", "alpha", "moving_mean", "moving_variance")
@@ -47,13 +50,85 @@ def build_optimizer(name: str, learning_rate: float, weight_decay: float = 5e-4,
     return optimizer
 
 
+def loss_metric(model: keras.Model) -> keras.metrics.Metric:
+    """The `loss` mean that `fit` reports (found by name among the model's public metrics)."""
+    for metric in model.metrics:
+        if metric.name == "loss":
+            return metric
+    raise GhostFaceError(f"{model.name}: compile the model before training (no loss metric)")
+
+
 def track_training_loss(model: keras.Model, loss, x) -> None:
-    """What Keras' own `train_step` does with the step's loss: feed the `loss` metric that `fit` reports
-    (undoing the division by the replica count). For models with a custom `train_step`."""
-    model._loss_tracker.update_state(
-        keras.src.losses.loss.unscale_loss_for_distribution(loss),
-        sample_weight=tf.shape(tf.nest.flatten(x)[0])[0],
-    )
+    """What Keras' own TensorFlow `train_step` does with a step's loss: feed the `loss` metric `fit` reports.
+
+    Under a `tf.distribute` strategy `compute_loss` divides the loss by the replica count (the replicas'
+    gradients are summed); the metric gets the undivided loss.
+    """
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    loss_metric(model).update_state(loss * replicas, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+
+
+def backend_train_step(model: keras.Model, args: tuple, tensorflow_step, jax_step):
+    """Dispatch a custom `train_step`: Keras calls `train_step(data)` on TensorFlow, `train_step(state, data)`
+    (stateless) on JAX. Other backends are refused with one line."""
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        return tensorflow_step(*args)
+    if name == "jax":
+        return jax_step(*args)
+    raise GhostFaceError(f"{type(model).__name__} trains on the TensorFlow and JAX backends, not {name}")
+
+
+class JaxStep:
+    """The stateless pieces of a custom JAX `train_step`, written with Keras' public stateless API.
+
+    `loss_and_updates(forward, trainable, non_trainable, optimizer)` runs `forward()` (ordinary Keras calls
+    on the model's variables, returning `(loss, y_pred, y_for_metrics)`) with the given variable values;
+    it returns the (loss-scaled) loss and, as auxiliary output, the loss, predictions, metric labels and
+    the updated non-trainable values (BatchNorm statistics, seed states): differentiable with `jax.grad`.
+    `finish` applies the gradients and updates the metrics, as Keras' own JAX step does.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+
+    def loss_and_updates(self, forward, trainable, non_trainable, optimizer_values):
+        model = self.model
+        mapping = list(zip(model.trainable_variables, trainable))
+        mapping += list(zip(model.non_trainable_variables, non_trainable))
+        mapping += list(zip(model.optimizer.variables, optimizer_values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss, y_pred, y_metric = forward()
+            scaled = model.optimizer.scale_loss(loss)
+        updated = [scope.get_current_value(v) for v in model.non_trainable_variables]
+        updated = [old if new is None else new for old, new in zip(non_trainable, updated)]
+        return scaled, (loss, y_pred, y_metric, updated)
+
+    def finish(self, gradients, state, loss, non_trainable, x, y_metric, y_pred, sample_weight):
+        model = self.model
+        trainable, _, optimizer_values, metric_values = state
+        trainable, optimizer_values = model.optimizer.stateless_apply(optimizer_values, gradients, trainable)
+        with keras.StatelessScope(state_mapping=list(zip(model.metrics_variables, metric_values))) as scope:
+            loss_metric(model).update_state(loss, sample_weight=keras.ops.shape(keras.tree.flatten(x)[0])[0])
+            logs = model.compute_metrics(x, y_metric, y_pred, sample_weight)
+        metric_values = [scope.get_current_value(v) for v in model.metrics_variables]
+        return logs, (trainable, non_trainable, optimizer_values, metric_values)
+
+
+def sam_perturbation(values: list, gradients: list, rho: float) -> list:
+    """`w + rho * g / ||g||` for every variable value (SAM's ascent step), in keras.ops.
+
+    A non-finite gradient norm (an overflow under loss scaling) skips the ascent, so the optimizer's
+    loss-scale logic sees the (also non-finite) second gradient and skips the step.
+    """
+    ops = keras.ops
+    squared = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in gradients if g is not None]
+    norm = ops.sqrt(sum(squared[1:], squared[0]))
+    factor = ops.where(ops.isfinite(norm), rho / (norm + 1e-12), 0.0)
+    return [value if gradient is None else value + ops.cast(factor * ops.cast(gradient, "float32"), value.dtype)
+            for value, gradient in zip(values, gradients)]
 
 
 @keras.saving.register_keras_serializable(package="ghostface_keras")
@@ -84,31 +159,22 @@ class SAMModel(keras.Model):
         """A SAMModel over the same layers and weights as the functional `model`."""
         return cls(inputs=model.inputs, outputs=model.outputs, rho=rho, name=model.name)
 
-    def _perturbed_values(self, gradients):
-        squared = [tf.reduce_sum(tf.square(tf.cast(g, "float32"))) for g in gradients if g is not None]
-        norm = tf.sqrt(tf.add_n(squared))
-        # Under loss scaling a gradient may overflow; then skip the ascent and let the optimizer's scale
-        # logic handle the (also non-finite) second gradient.
-        factor = tf.where(tf.math.is_finite(norm), self.rho / (norm + 1e-12), 0.0)
-        perturbed = []
-        for variable, gradient in zip(self.trainable_variables, gradients):
-            value = tf.convert_to_tensor(variable.value)
-            if gradient is not None:
-                value = value + tf.cast(factor * tf.cast(gradient, "float32"), value.dtype)
-            perturbed.append(value)
-        return perturbed
+    def train_step(self, *args):
+        return backend_train_step(self, args, self._tensorflow_train_step, self._jax_train_step)
 
-    def train_step(self, data):
+    def _tensorflow_train_step(self, data):
+        import tensorflow as tf
+
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         trainable = self.trainable_variables
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
-            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             track_training_loss(self, loss, x)
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, trainable)
 
-        perturbed = self._perturbed_values(gradients)
+        perturbed = sam_perturbation([tf.convert_to_tensor(v.value) for v in trainable], gradients, self.rho)
         non_trainable = [tf.convert_to_tensor(v.value) for v in self.non_trainable_variables]
         with tf.GradientTape() as tape:
             tape.watch(perturbed)
@@ -120,6 +186,26 @@ class SAMModel(keras.Model):
         sharp_gradients = tape.gradient(sharp_loss, perturbed)
         self.optimizer.apply_gradients(zip(sharp_gradients, trainable))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_values = state[:3]
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        step = JaxStep(self)
+
+        def forward():
+            y_pred = self(x, training=True)
+            return self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True), y_pred, y
+
+        def scaled_loss(values):
+            return step.loss_and_updates(forward, values, non_trainable, optimizer_values)
+
+        (_, (loss, y_pred, _, updated)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
+        # Second pass at the perturbed weights; its BatchNorm updates are discarded (the first pass made them).
+        _, sharp_gradients = jax.value_and_grad(scaled_loss, has_aux=True)(
+            sam_perturbation(trainable, gradients, self.rho))
+        return step.finish(sharp_gradients, state, loss, updated, x, y, y_pred, sample_weight)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -9,9 +9,11 @@ accuracy on MS1M / WebFace in the paper; 0.3 is safer on noisy data). The sample
 gradient; like insightface's PartialFC v2, the optimizer still steps every column (momentum and weight
 decay go on for the unsampled ones).
 
-Under a `tf.distribute` strategy every replica draws its own sample for its share of the batch and the
-gradients are all-reduced as usual (data parallel); the class-sharded, model-parallel head of the paper
-is not implemented.
+The train step exists for TensorFlow and JAX (chosen by the Keras backend). Under a `tf.distribute`
+strategy every replica draws its own sample for its share of the batch; under `keras.distribution` (JAX,
+several devices or processes) one sample covers the classes of the global batch. Either way the gradients
+are all-reduced as usual (data parallel); the class-sharded, model-parallel head of the paper is not
+implemented: the full C x D head is replicated on every device.
 
 Example:
     >>> import numpy as np
@@ -28,11 +30,11 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
+import numpy as np
 from keras import ops
 
 from ghostface_keras.heads import NormDense
-from ghostface_keras.optimizers import track_training_loss
+from ghostface_keras.optimizers import JaxStep, backend_train_step, track_training_loss
 
 
 def sampled_class_count(num_classes: int, sample_rate: float) -> int:
@@ -56,12 +58,11 @@ def sample_classes(labels, num_classes: int, num_sampled, seed=None):
         >>> np.asarray(sampled)[np.asarray(positions)].tolist()
         [7, 3, 7]
     """
+    if isinstance(labels, np.ndarray) and isinstance(num_sampled, int) and len(np.unique(labels)) > num_sampled:
+        raise ValueError(f"partial FC: the batch holds {len(np.unique(labels))} distinct classes, more than the "
+                         f"{num_sampled} sampled")
     labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
     present = ops.cast(ops.scatter(ops.expand_dims(labels, 1), ops.ones_like(labels), (num_classes,)) > 0, "float32")
-    tf.debugging.assert_less_equal(
-        ops.cast(ops.sum(present), "int32"), num_sampled,
-        message="partial FC: a batch holds more distinct classes (x) than the classes sampled (y)",
-    )
     # present classes score above 1, the others uniformly in [0, 1): top-K keeps all present + random others
     scores = present * 2.0 + keras.random.uniform((num_classes,), seed=seed)
     sampled = ops.sort(ops.top_k(scores, num_sampled, sorted=False)[1])
@@ -105,22 +106,48 @@ class PartialFCModel(keras.Model):
     def call(self, inputs, training=None):
         return self.head(self.embedding_model(inputs, training=training))
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    def train_step(self, *args):
+        return backend_train_step(self, args, self._tensorflow_train_step, self._jax_train_step)
+
+    def _sampled_forward(self, x, y, sample_weight):
+        """Loss, cosines and renumbered labels of one step over the sampled classes."""
         # at least the batch size, so every class of the batch fits; a shape, hence static under XLA
         batch = ops.shape(ops.reshape(y, (-1,)))[0]
-        num_sampled = ops.minimum(ops.maximum(batch, self.num_sampled), self.head.num_classes)
+        if isinstance(batch, int):
+            num_sampled = min(max(batch, self.num_sampled), self.head.num_classes)
+        else:
+            num_sampled = ops.minimum(ops.maximum(batch, self.num_sampled), self.head.num_classes)
         sampled, positions = sample_classes(y, self.head.num_classes, num_sampled, seed=self._sampling_seed)
+        y_pred = self.head(self.embedding_model(x, training=True), class_indices=sampled)
+        loss = self.compute_loss(x=x, y=positions, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        return loss, y_pred, positions
+
+    def _tensorflow_train_step(self, data):
+        import tensorflow as tf
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            embeddings = self.embedding_model(x, training=True)
-            y_pred = self.head(embeddings, class_indices=sampled)
-            loss = self._compute_loss(x=x, y=positions, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            loss, y_pred, positions = self._sampled_forward(x, y, sample_weight)
             track_training_loss(self, loss, x)
             scaled = self.optimizer.scale_loss(loss)
         trainable = self.trainable_variables
         gradients = tape.gradient(scaled, trainable)
         self.optimizer.apply_gradients(zip(gradients, trainable))
         return self.compute_metrics(x, positions, y_pred, sample_weight=sample_weight)
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_values = state[:3]
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        step = JaxStep(self)
+
+        def scaled_loss(values):
+            return step.loss_and_updates(lambda: self._sampled_forward(x, y, sample_weight), values, non_trainable,
+                                         optimizer_values)
+
+        (_, (loss, y_pred, positions, updated)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
+        return step.finish(gradients, state, loss, updated, x, positions, y_pred, sample_weight)
 
     def get_config(self) -> dict:
         config = super().get_config()

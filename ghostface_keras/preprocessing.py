@@ -7,6 +7,8 @@ mean or std; the result lies in [-0.99609375, 0.99609375]).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 PIXEL_MEAN = 127.5
@@ -17,18 +19,31 @@ IMAGE_SIZE = 112
 def normalize_images(images):
     """Map uint8-range RGB pixels to the model's input range.
 
-    Works on numpy arrays (returns float32 numpy) and on tensors of any Keras backend / tf.data
-    (returns a float32 tensor).
+    numpy in, float32 numpy out. TensorFlow tensors (eager, or symbolic inside a `tf.data` map or a
+    `tf.function`) get TensorFlow ops, whatever the Keras backend, so input pipelines run under JAX and
+    PyTorch too. Any other tensor (JAX, PyTorch, Keras symbolic) goes through `keras.ops`.
 
     Example:
         >>> normalize_images(np.array([0, 255], dtype=np.uint8)).tolist()
         [-0.99609375, 0.99609375]
+        >>> import tensorflow as tf
+        >>> normalize_images(tf.constant([128], tf.uint8)).numpy().tolist()
+        [0.00390625]
     """
     if isinstance(images, np.ndarray) or np.isscalar(images):
         return (np.asarray(images, dtype=np.float32) - PIXEL_MEAN) * PIXEL_SCALE
+    if _is_tensorflow_tensor(images):
+        tf = sys.modules["tensorflow"]
+        return (tf.cast(images, tf.float32) - PIXEL_MEAN) * PIXEL_SCALE
     import keras  # local import keeps numpy-only callers light
 
     return (keras.ops.cast(images, "float32") - PIXEL_MEAN) * PIXEL_SCALE
+
+
+def _is_tensorflow_tensor(value) -> bool:
+    """True for tf.Tensor / tf.Variable, without importing TensorFlow (a TF tensor implies TF is loaded)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(value, (tf.Tensor, tf.Variable))
 
 
 def denormalize_images(images: np.ndarray) -> np.ndarray:

@@ -22,7 +22,6 @@ from typing import Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from ghostface_keras.callbacks import (
     EpochClock,
@@ -30,10 +29,20 @@ from ghostface_keras.callbacks import (
     HistoryWriter,
     NaNGuard,
     ShiftedSchedule,
+    StepLossLog,
     StopAtAccuracy,
     VerificationCallback,
     load_history,
     write_atomically,
+)
+from ghostface_keras.distribution import (
+    Cluster,
+    broadcast_arrays_from_writer,
+    current_cluster,
+    is_writer_process,
+    local_predictor,
+    sum_over_processes,
+    to_numpy,
 )
 from ghostface_keras.errors import GhostFaceError
 from ghostface_keras.heads import NormDense
@@ -44,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.npz"
 HISTORY_FILE = "history.json"
+STEPS_FILE = "steps.json"
 MODEL_FILE = "model.keras"
 BEST_FILE = "best.keras"
 
@@ -88,48 +98,27 @@ class _Progress:
     extra: dict = field(default_factory=dict)
 
 
-def make_strategy(devices: int | None = None) -> tf.distribute.Strategy:
-    """The distribution strategy for `devices` local accelerators, or several hosts from `TF_CONFIG`.
-
-    `TF_CONFIG` set -> MultiWorkerMirroredStrategy; `devices` > 1 -> MirroredStrategy over the first
-    `devices` GPUs (or logical CPU devices when there is no GPU, for testing); otherwise the default strategy.
-
-    Example:
-        >>> strategy = make_strategy()
-        >>> strategy.num_replicas_in_sync
-        1
-    """
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if devices and devices > 1:
-        gpus = tf.config.list_logical_devices("GPU")
-        pool = gpus if len(gpus) >= devices else tf.config.list_logical_devices("CPU")
-        if len(pool) < devices:
-            raise GhostFaceError(f"--devices {devices} asked, but only {len(pool)} devices are visible")
-        return tf.distribute.MirroredStrategy([d.name for d in pool[:devices]])
-    return tf.distribute.get_strategy()
-
-
-def class_mean_embeddings(embedding_model: keras.Model, dataset, num_classes: int) -> np.ndarray:
+def class_mean_embeddings(embedding_model: keras.Model, dataset, num_classes: int, verbose: int = 1) -> np.ndarray:
     """The mean L2-normalized embedding of every class over one pass of `dataset` ((images, labels) batches).
 
-    Classes without any image get a random unit vector.
+    Classes without any image get a random unit vector. In a multi-process run each process passes its
+    own shard of the data and every process gets the means over all of them.
 
     Example:
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Identity()])
         >>> data = [(np.array([[1.0, 0.0], [0.0, 2.0]], "float32"), np.array([0, 1]))]
-        >>> class_mean_embeddings(model, data, 2).round(3).tolist()
+        >>> class_mean_embeddings(model, data, 2, verbose=0).round(3).tolist()
         [[1.0, 0.0], [0.0, 1.0]]
     """
-    sums = None
-    progress = keras.utils.Progbar(None, unit_name="batch")
+    predict = local_predictor(embedding_model)
+    sums = np.zeros((num_classes, int(embedding_model.output_shape[-1])))
+    progress = keras.utils.Progbar(None, unit_name="batch", verbose=verbose if is_writer_process() else 0)
     for images, labels in dataset:
-        embeddings = np.asarray(embedding_model(images, training=False), dtype=np.float64)
+        embeddings = predict(np.asarray(images)).astype(np.float64)
         embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        if sums is None:
-            sums = np.zeros((num_classes, embeddings.shape[1]))
         np.add.at(sums, np.asarray(labels).reshape(-1).astype(int), embeddings)
         progress.add(1)
+    sums = sum_over_processes(sums)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     empty = norms[:, 0] == 0
     sums[empty] = np.random.default_rng(0).normal(size=(int(empty.sum()), sums.shape[1]))
@@ -149,13 +138,16 @@ class Trainer:
         steps_per_epoch: batches per epoch; inferred from the dataset's cardinality when None.
         pair_sets: `{name: (uint8 images, issame)}` verification sets evaluated every `eval_every` epochs.
         sub_centers: sub-centers per class in the head.
-        strategy: a `tf.distribute.Strategy` (default: the current one).
+        cluster: where the run trains (`distribution.setup_cluster`; default: the current process as it is).
+            Build the embedding model inside `cluster.scope()`. Only process 0 writes files; every process
+            restores the state it wrote.
         verbose: Keras `fit` verbosity (1 = progress bar).
         steps_per_execution: batches run per call of the compiled train function (fewer host round trips;
             batch-level callbacks then see every N-th batch).
         jit_compile: compile the train step with XLA (True / False / "auto": Keras' choice, off on CPU).
         stop_at_accuracy: stop after the first epoch whose last pair set's verification accuracy reaches
             this (None: train all epochs).
+        log_steps: also write every step's loss to `output_dir/steps.json` (`callbacks.StepLossLog`).
 
     Example:
         >>> from ghostface_keras.losses import ArcFace
@@ -177,24 +169,24 @@ class Trainer:
         pair_sets: dict | None = None,
         eval_every: int = 1,
         sub_centers: int = 1,
-        strategy: tf.distribute.Strategy | None = None,
+        cluster: Cluster | None = None,
         verbose: int | str = "auto",
         steps_per_execution: int = 1,
         jit_compile: bool | str = "auto",
         stop_at_accuracy: float | None = None,
+        log_steps: bool = False,
     ):
         self.embedding_model, self.train_data = embedding_model, train_data
         self.num_classes, self.output_dir = int(num_classes), Path(output_dir)
         self.schedule, self.pair_sets, self.eval_every = schedule, dict(pair_sets or {}), int(eval_every)
-        self.strategy = strategy or tf.distribute.get_strategy()
+        self.cluster = cluster or current_cluster()
         self.verbose = verbose
         self.steps_per_execution, self.jit_compile = max(1, int(steps_per_execution)), jit_compile
-        self.stop_at_accuracy = stop_at_accuracy
+        self.stop_at_accuracy, self.log_steps = stop_at_accuracy, bool(log_steps)
         self.steps_per_epoch = int(steps_per_epoch or self._infer_steps(train_data))
         self._prepare_output_dir()
-        self._frozen_layers = [layer for layer in embedding_model._flatten_layers(include_self=False)
-                               if not layer.trainable]
-        with self.strategy.scope():
+        self._frozen_layers = [layer for layer in _sublayers(embedding_model) if not layer.trainable]
+        with self.cluster.scope():
             self.head = NormDense(self.num_classes, sub_centers=sub_centers, name="norm_dense")
             self.head.build((None, int(embedding_model.output_shape[-1])))
         self.progress = _Progress()
@@ -211,6 +203,8 @@ class Trainer:
         return cardinality
 
     def _prepare_output_dir(self) -> None:
+        if not self.cluster.is_writer:
+            return
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             probe = self.output_dir / ".write_test"
@@ -230,6 +224,10 @@ class Trainer:
     def _build_model(self, stage: Stage) -> keras.Model:
         self._set_backbone_trainable(not stage.freeze_backbone)
         self.head.append_norm = bool(getattr(stage.loss, "needs_norm", False))
+        custom = "SAM" if stage.sam_rho > 0 else "partial FC" if stage.partial_fc_rate < 1.0 else None
+        if custom and self.cluster.backend not in ("tensorflow", "jax"):
+            raise GhostFaceError(f"{custom} has train steps for the TensorFlow and JAX backends, not "
+                                 f"{self.cluster.backend} (plain stages train on every backend)")
         if stage.partial_fc_rate < 1.0:
             if stage.sam_rho > 0:
                 raise GhostFaceError("a stage cannot combine SAM (sam_rho > 0) with partial FC (partial_fc_rate < 1)")
@@ -246,9 +244,9 @@ class Trainer:
         has_norm_column = self.head.append_norm
 
         def accuracy(y_true, y_pred):
-            labels = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
-            predicted = tf.argmax(y_pred[:, :-1] if has_norm_column else y_pred, axis=1)
-            return tf.cast(tf.equal(labels, predicted), tf.float32)
+            labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+            predicted = keras.ops.argmax(y_pred[:, :-1] if has_norm_column else y_pred, axis=1)
+            return keras.ops.cast(keras.ops.equal(labels, keras.ops.cast(predicted, "int32")), "float32")
 
         return accuracy
 
@@ -273,7 +271,10 @@ class Trainer:
             callbacks.append(verification)
             if self.stop_at_accuracy is not None:
                 callbacks.append(StopAtAccuracy(verification, self.stop_at_accuracy))
-        callbacks += [history, _StateCheckpoint(self, stage_index)]
+        callbacks.append(history)
+        if self._step_log is not None:
+            callbacks.append(self._step_log)
+        callbacks.append(_StateCheckpoint(self, stage_index))
         return callbacks
 
     # ----------------------------------------------------------------- fit / resume
@@ -287,10 +288,16 @@ class Trainer:
         verification = None
         if self.pair_sets:
             verification = VerificationCallback(self.embedding_model, self.pair_sets, self.eval_every,
-                                                best_path=str(self.output_dir / BEST_FILE))
+                                                best_path=str(self.output_dir / BEST_FILE) if self.cluster.is_writer
+                                                else None)
             verification.best = self.progress.best
-        history = HistoryWriter(self.output_dir / HISTORY_FILE, clock, lr_callback, verification, guard=self.guard)
+        history = HistoryWriter(self.output_dir / HISTORY_FILE, clock, lr_callback, verification, guard=self.guard,
+                                write=self.cluster.is_writer)
         history.keep_until(self.progress.epoch)
+        self._step_log = None
+        if self.log_steps:
+            self._step_log = StepLossLog(self.output_dir / STEPS_FILE, write=self.cluster.is_writer)
+            self._step_log.keep_until(self.progress.epoch)
         self._verification = verification
 
         stage_end, previous, owner = 0, None, -1
@@ -313,7 +320,7 @@ class Trainer:
         return history.records
 
     def _run_stage(self, index, stage, stage_end, history, clock, lr_callback, verification):
-        with self.strategy.scope():
+        with self.cluster.scope():
             self.model = self._build_model(stage)
             self.model.compile(optimizer=self._optimizer, loss=stage.loss, metrics=[self._accuracy()],
                                steps_per_execution=self.steps_per_execution, jit_compile=self.jit_compile)
@@ -333,13 +340,15 @@ class Trainer:
         logger.info("stage %d: epochs %d-%d, loss %s", index + 1, self.progress.epoch + 1, stage_end,
                     stage.loss.__class__.__name__)
         self.model.fit(self.train_data, epochs=stage_end, initial_epoch=self.progress.epoch,
-                       steps_per_epoch=self.steps_per_epoch, verbose=self.verbose, shuffle=False,
+                       steps_per_epoch=self.steps_per_epoch, verbose=self.verbose if self.cluster.is_writer else 0,
+                       shuffle=False,
                        callbacks=self._callbacks(verification, history, clock, lr_callback, index))
 
     _pending_optimizer_state: list | None = None
     _pending_optimizer_owner: int = -1
     _pending_stage_state: tuple[int, dict] | None = None
     _current_loss: keras.losses.Loss | None = None
+    _step_log: StepLossLog | None = None
 
     def _stage_state_variables(self) -> dict[str, list]:
         """What a stage updates besides weights and optimizer: the loss's statistics (AdaFace's running
@@ -371,14 +380,17 @@ class Trainer:
 
     # ----------------------------------------------------------------- state files
     def save_state(self, stage_index: int) -> None:
-        """Write weights, optimizer slots and bookkeeping to `output_dir/training_state.npz` atomically."""
-        arrays = {f"weight_{i}": np.asarray(w.numpy()) for i, w in enumerate(self._all_weights())}
+        """Write weights, optimizer slots and bookkeeping to `output_dir/training_state.npz` atomically
+        (process 0 only: the other processes hold the same values)."""
+        if not self.cluster.is_writer:
+            return
+        arrays = {f"weight_{i}": to_numpy(w) for i, w in enumerate(self._all_weights())}
         if self.model is not None and self.model.optimizer is not None:
             for i, variable in enumerate(self.model.optimizer.variables):
-                arrays[f"optimizer_{i}"] = np.asarray(variable.numpy())
+                arrays[f"optimizer_{i}"] = to_numpy(variable)
         for kind, variables in self._stage_state_variables().items():
             for i, variable in enumerate(variables):
-                arrays[f"{kind}_{i}"] = np.asarray(keras.ops.convert_to_numpy(variable))
+                arrays[f"{kind}_{i}"] = to_numpy(variable)
         meta = {"epoch": self.progress.epoch, "optimizer_stage": self.progress.optimizer_stage,
                 "stage": stage_index, "best": self.progress.best, "extra": self.progress.extra}
         arrays["meta"] = np.array(json.dumps(meta))
@@ -390,30 +402,38 @@ class Trainer:
         write_atomically(self.output_dir / STATE_FILE, write)
 
     def restore(self) -> bool:
-        """Load `training_state.npz` if present: weights now, optimizer slots when its stage is compiled."""
+        """Load `training_state.npz` if present: weights now, optimizer slots when its stage is compiled.
+
+        In a multi-process run process 0 reads the file and every process receives its arrays, so the
+        other processes need no access to process 0's disk.
+        """
         path = self.output_dir / STATE_FILE
-        if not path.is_file():
+        arrays = None
+        if self.cluster.is_writer and path.is_file():
+            with np.load(path, allow_pickle=False) as saved:
+                arrays = {key: saved[key] for key in saved.files}
+        state = broadcast_arrays_from_writer(arrays)
+        if state is None:
             logger.info("no training state in %s: starting from epoch 0", self.output_dir)
             return False
-        with np.load(path, allow_pickle=False) as state:
-            meta = json.loads(str(state["meta"]))
-            weights = self._all_weights()
-            saved = sorted((k for k in state.files if k.startswith("weight_")), key=lambda k: int(k[7:]))
-            if len(saved) != len(weights):
-                raise GhostFaceError(f"{path}: {len(saved)} weights saved but the model has {len(weights)}: "
-                                     "resume with the same model and data")
-            for variable, key in zip(weights, saved):
-                if tuple(variable.shape) != state[key].shape:
-                    raise GhostFaceError(f"{path}: weight {variable.path} has shape {tuple(variable.shape)}, "
-                                         f"saved {state[key].shape}: resume with the same model and data")
-                variable.assign(state[key])
-            optimizer_keys = sorted((k for k in state.files if k.startswith("optimizer_")), key=lambda k: int(k[10:]))
-            self._pending_optimizer_state = [state[k] for k in optimizer_keys]
-            stage_state = {}
-            for kind in ("loss", "sampler"):
-                keys = sorted((k for k in state.files if k.startswith(f"{kind}_")), key=lambda k: int(k.split("_")[1]))
-                stage_state[kind] = [state[k] for k in keys]
-            self._pending_stage_state = (int(meta["stage"]), stage_state)
+        meta = json.loads(str(state["meta"]))
+        weights = self._all_weights()
+        saved = sorted((k for k in state if k.startswith("weight_")), key=lambda k: int(k[7:]))
+        if len(saved) != len(weights):
+            raise GhostFaceError(f"{path}: {len(saved)} weights saved but the model has {len(weights)}: "
+                                 "resume with the same model and data")
+        for variable, key in zip(weights, saved):
+            if tuple(variable.shape) != state[key].shape:
+                raise GhostFaceError(f"{path}: weight {variable.path} has shape {tuple(variable.shape)}, "
+                                     f"saved {state[key].shape}: resume with the same model and data")
+            variable.assign(state[key])
+        optimizer_keys = sorted((k for k in state if k.startswith("optimizer_")), key=lambda k: int(k[10:]))
+        self._pending_optimizer_state = [state[k] for k in optimizer_keys]
+        stage_state = {}
+        for kind in ("loss", "sampler"):
+            keys = sorted((k for k in state if k.startswith(f"{kind}_")), key=lambda k: int(k.split("_")[1]))
+            stage_state[kind] = [state[k] for k in keys]
+        self._pending_stage_state = (int(meta["stage"]), stage_state)
         self._pending_optimizer_owner = int(meta["optimizer_stage"])
         self.progress = _Progress(int(meta["epoch"]), int(meta["optimizer_stage"]), float(meta["best"]),
                                   dict(meta.get("extra", {})))
@@ -421,8 +441,13 @@ class Trainer:
         return True
 
     def save_embedding_model(self, path: str | os.PathLike | None = None) -> Path:
-        """Save the embedding model (the deliverable) as `.keras`, atomically; default `output_dir/model.keras`."""
+        """Save the embedding model (the deliverable) as `.keras`, atomically; default `output_dir/model.keras`.
+
+        Process 0 writes; the other processes of a run return the path without writing.
+        """
         target = Path(path) if path else self.output_dir / MODEL_FILE
+        if not self.cluster.is_writer:
+            return target
         trainable = self.embedding_model.trainable
         self.embedding_model.trainable = True  # the saved model is a plain, fully trainable model
         write_atomically(target, lambda p: self.embedding_model.save(p))
@@ -457,6 +482,15 @@ class _StateCheckpoint(keras.callbacks.Callback):
             self.trainer.progress.best = verification.best
         self.trainer.save_embedding_model()
         self.trainer.save_state(self.stage_index)
+
+
+def _sublayers(model: keras.Model) -> list:
+    """Every layer inside `model`, nested models' layers included (not the model itself)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found.extend(_sublayers(layer))
+    return found
 
 
 def _state_variables(owner) -> list:

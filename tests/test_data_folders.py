@@ -76,10 +76,19 @@ def test_bad_files_are_skipped_and_counted(tmp_path, caplog, cache):
     (tmp_path / "2" / "Thumbs.db").write_bytes(b"\0" * 64)
     (tmp_path / "3").mkdir()
     with caplog.at_level(logging.WARNING):
-        dataset = image_folder_dataset(tmp_path, batch_size=1, shuffle=False, cache=cache)
+        dataset = image_folder_dataset(tmp_path, batch_size=1, shuffle=False, cache=cache, normalize=False)
         images, labels = _all(dataset)
-    assert len(images) == 6 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
-    assert dataset.num_classes == 2
+    assert dataset.num_classes == 2 and len(images) == int(dataset.cardinality())
+    if cache:  # decoded up front: the bad files are left out
+        assert len(images) == 6 and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    else:  # met on the fly: each bad file is replaced by the next readable image of its identity
+        assert len(images) == 8 and labels.tolist() == [0] * 5 + [1] * 3
+        decoded = {name: np.asarray(Image.open(tmp_path / "1" / name).convert("RGB")) for name in ["0.jpg", "1.jpg", "2.jpg"]}
+        # identity 1's files in natural order: 0, 1, 2, notes (-> 0.jpg, wrapping round), truncated (-> 0.jpg)
+        for image, name in zip(images[:5], ["0.jpg", "1.jpg", "2.jpg", "0.jpg", "0.jpg"]):
+            np.testing.assert_array_equal(image, decoded[name])
+        again, _ = _all(dataset)  # a second epoch reports nothing new
+        assert len(again) == 8 and len(dataset.skipped_files) == 3
     skipped = sorted(path.rsplit("/", 1)[-1] for path, _ in dataset.skipped_files)
     assert skipped == ["Thumbs.db", "notes.jpg", "truncated.jpg"]
     if cache:  # the in-memory path knows the total before training: one line with the count

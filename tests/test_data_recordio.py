@@ -162,3 +162,14 @@ def test_celeba_rec_converts_to_the_first_40_train_identities(data_dir, tmp_path
     assert sorted(int(path.name) for path in tmp_path.iterdir()) == list(range(40))
     for label, identity in enumerate(identities):  # byte-identical JPEGs, identity by identity
         assert _digests(tmp_path / str(label)) == _digests(identity)
+
+
+def test_recordio_dataset_shards_exactly(tmp_path):
+    _write_dataset(tmp_path / "rec", images_per_class=(3, 5))
+    full = [(images.numpy(), labels.numpy()) for images, labels in recordio_dataset(tmp_path / "rec", 4, augment=2, seed=1, drop_remainder=True)]
+    shards = [recordio_dataset(tmp_path / "rec", 4, augment=2, seed=1, num_shards=2, shard_index=index) for index in range(2)]
+    parts = [[(images.numpy(), labels.numpy()) for images, labels in shard] for shard in shards]
+    assert [int(shard.cardinality()) for shard in shards] == [2, 2] and len(full) == 2
+    for batch, (images, labels) in enumerate(full):
+        np.testing.assert_array_equal(np.concatenate([part[batch][0] for part in parts]), images)
+        np.testing.assert_array_equal(np.concatenate([part[batch][1] for part in parts]), labels)

@@ -12,6 +12,7 @@ from ghostface_keras.data import (
     render_synthetic_faces,
     synthetic_faces,
 )
+from ghostface_keras.data.sampling import class_balanced_order, most_distinct_batches
 
 
 def test_synthetic_identities_are_repeatable_and_disjoint():
@@ -89,3 +90,18 @@ def test_partial_class_batches_come_from_one_range_in_turn(tmp_path):
     assert all(len(split) == 1 for split in splits)
     assert [split.pop() for split in splits] == [0, 1, 2, 0, 1, 2]
     assert sorted(np.concatenate([pixels for pixels, _ in batches]).tolist()) == sorted(l * 10 + s for l in range(6) for s in range(4))
+
+
+def test_class_balanced_epochs_all_have_the_most_batches_possible(tmp_path):
+    """The batch count is fixed (the dataset's cardinality): the most P-distinct batches the chunks allow."""
+    labels = np.repeat(np.arange(7), [9, 2, 2, 2, 3, 2, 6])  # chunks of 2: [4, 1, 1, 1, 1, 1, 3]
+    order = class_balanced_order(2, 3, seed=0)
+    assert most_distinct_batches(np.array([4, 1, 1, 1, 1, 1, 3]), 3) == 4
+    for epoch in range(20):
+        batches = order(labels, epoch).reshape(-1, 3, 2)
+        assert len(batches) == 4
+        assert all(len(set(labels[batch[:, 0]])) == 3 for batch in batches)
+        assert all((labels[batch[:, 0]] == labels[batch[:, 1]]).all() for batch in batches)
+    root = _labelled_folder(tmp_path / "d", [5, 4, 8, 1, 4, 6])
+    dataset = class_balanced_dataset(root, batch_size=8, images_per_identity=2, seed=0)
+    assert int(dataset.cardinality()) == 3 and [len(list(dataset)) for _ in range(3)] == [3, 3, 3]

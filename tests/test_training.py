@@ -242,14 +242,15 @@ def test_ten_fold_verification_matches_brute_force_on_separable_and_noisy_pairs(
 _MIRRORED_SCRIPT = r"""
 import json, sys
 import numpy as np, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
+from ghostface_keras.distribution import setup_cluster, use_cpu_devices
 from ghostface_keras.losses import ArcFace
-from ghostface_keras.training import Stage, Trainer, make_strategy
+from ghostface_keras.training import Stage, Trainer
 
+use_cpu_devices(2)
 devices = int(sys.argv[1])
-strategy = make_strategy(devices)
+cluster = setup_cluster(devices)
+strategy = cluster.strategy
 rng = np.random.default_rng(0)
 images = rng.normal(size=(16, 12, 12, 3)).astype("float32")
 labels = np.arange(16) % 4
@@ -259,7 +260,7 @@ with strategy.scope():
     inputs = keras.Input((12, 12, 3))
     hidden = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(6, 3, activation="relu")(inputs))
     model = keras.Model(inputs, keras.layers.Dense(8)(hidden))
-    trainer = Trainer(model, data, 4, sys.argv[2], strategy=strategy, verbose=0)
+    trainer = Trainer(model, data, 4, sys.argv[2], cluster=cluster, verbose=0)
     stage = Stage(1, ArcFace(scale=16, margin=0.3), keras.optimizers.SGD(0.5), sam_rho=float(sys.argv[3]))
 records = trainer.fit([stage])
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": records[0]["loss"],
@@ -345,17 +346,23 @@ def _train_cli():
 
 
 def test_cli_defaults_by_recipe_and_demo_settings_yield_to_explicit_options():
+    from ghostface_keras.recipes import TrainingConfig, resolve_defaults
+
     cli = _train_cli()
-    scratch = cli.parse_args(["--data", "faces"])
+
+    def parse(argv):
+        return resolve_defaults(TrainingConfig.from_dict(cli._config_fields(cli.parse_args(argv))))
+
+    scratch = parse(["--data", "faces"])
     assert (scratch.optimizer, scratch.lr, scratch.scale, scratch.margin) == ("adamw", 2e-3, 32.0, 0.3)
     assert scratch.output == "runs/train"
-    finetune = cli.parse_args(["--data", "faces", "--init-from", "model.h5"])
+    finetune = parse(["--data", "faces", "--init-from", "model.h5"])
     assert (finetune.optimizer, finetune.lr, finetune.scale, finetune.margin) == ("sgd", 0.01, 64.0, None)
-    official = cli.parse_args(["--data", "faces", "--optimizer", "sgd"])
+    official = parse(["--data", "faces", "--optimizer", "sgd"])
     assert (official.lr, official.scale) == (0.1, 64.0)
-    demo = cli.parse_args(["--demo"])
+    demo = parse(["--demo"])
     assert demo.output == "runs/demo" and demo.model == "GhostFaceNetV1-0.5-2" and demo.stop_at == 0.96
-    explicit = cli.parse_args(["--demo", "--epochs", "3", "--output", "elsewhere", "--model", "MobileFaceNet"])
+    explicit = parse(["--demo", "--epochs", "3", "--output", "elsewhere", "--model", "MobileFaceNet"])
     assert (explicit.epochs, explicit.output, explicit.model) == (3, "elsewhere", "MobileFaceNet")
 
 

@@ -5,9 +5,12 @@ Example:
     >>> dataset = image_folder_dataset("faces/", batch_size=64, augment="brightness", seed=0)  # doctest: +SKIP
     >>> dataset.class_names[:3], dataset.num_classes                                            # doctest: +SKIP
     >>> images, issame = load_bin("lfw.bin")                                                     # doctest: +SKIP
+    >>> shard = image_folder_dataset("faces/", batch_size=64, seed=0, num_shards=4, shard_index=1)  # doctest: +SKIP
+    >>> build_augmentation("color", seed=0).op_names
+    ['flip', 'brightness', 'contrast', 'saturation', 'clip']
 """
 
-from ghostface_keras.data.augment import AugmentConfig, build_augmentation
+from ghostface_keras.data.augment import AugmentConfig, Augmentation, build_augmentation
 from ghostface_keras.data.bins import load_bin, read_bin_entries, save_bin
 from ghostface_keras.data.decode import decode_image_bytes
 from ghostface_keras.data.folders import FolderIndex, image_folder_dataset, natural_sort_key, scan_image_folder
@@ -18,6 +21,7 @@ from ghostface_keras.data.synthetic import render_synthetic_faces, synthetic_fac
 
 __all__ = [
     "AugmentConfig",
+    "Augmentation",
     "FolderIndex",
     "ImageSource",
     "RecordIOReader",

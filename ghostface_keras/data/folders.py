@@ -149,23 +149,29 @@ def image_folder_dataset(
     cache: bool | str = "auto",
     drop_remainder: bool = False,
     normalize: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> tf.data.Dataset:
     """Training batches `(float32 images (x - 127.5) / 128, int32 labels)` from identity folders.
 
     Args:
         path: `ROOT` of `ROOT/<identity>/<image>`.
-        batch_size: images per batch.
+        batch_size: images per global batch (split over `num_shards`).
         image_size: side of the square RGB output (other sizes are resized bilinearly).
         augment: None, an augmentation level (0-3, "flip", "brightness", "color", "crop",
-            "randaugment"), an `AugmentConfig`, or any Keras layer / callable on float [0, 255] batches.
+            "randaugment"), an `AugmentConfig`, an `Augmentation`, or a TF-traceable callable
+            `fn(pixels)` on float [0, 255] batches.
         shuffle: reshuffle the images every epoch.
-        seed: makes shuffling and augmentation repeatable.
+        seed: makes shuffling and augmentation repeatable (None: a random one).
         cache: "auto" decodes everything once into memory when it fits; True / False force it.
-        drop_remainder: drop the last incomplete batch.
+        drop_remainder: drop the last incomplete batch (always, when sharded).
         normalize: False returns float32 pixels in [0, 255] instead.
+        num_shards, shard_index: yield only this process's `batch_size // num_shards` slice of every
+            global batch (multi-process data parallel; needs a seed; see `build_dataset`).
 
     The dataset has attributes `class_names` (identity folder of each label), `num_classes`,
-    `num_images` and `skipped_files` (`(path, reason)` of every skipped file).
+    `num_images`, `skipped_files` (`(path, reason)` of every skipped file), `global_batch_size`,
+    `num_shards` and `shard_index`; `cardinality()` is the number of batches per epoch.
 
     Example:
         >>> dataset = image_folder_dataset("faces/", batch_size=64, augment="brightness", seed=0)  # doctest: +SKIP
@@ -175,5 +181,6 @@ def image_folder_dataset(
     index = scan_image_folder(path)
     logger.info("%s: %d images of %d identities", index.root, index.num_images, index.num_classes)
     return build_dataset(
-        index.to_source(), batch_size, image_size, augment, shuffle, seed, cache, drop_remainder, normalize
+        index.to_source(), batch_size, image_size, augment, shuffle, seed, cache, drop_remainder, normalize,
+        num_shards=num_shards, shard_index=shard_index,
     )

@@ -255,15 +255,21 @@ def recordio_dataset(
     cache: bool | str = "auto",
     drop_remainder: bool = False,
     normalize: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> tf.data.Dataset:
     """Training batches from insightface RecordIO (`train.rec`/`train.idx`), same output as `image_folder_dataset`.
 
     `path` is the folder holding `train.rec` (and `train.idx`, `property`) or the `.rec` file itself.
-    The dataset's `class_names` are the class indices as strings ("0", "1", ...).
+    The dataset's `class_names` are the class indices as strings ("0", "1", ...). `num_shards` and
+    `shard_index` give this process its slice of every global batch (see `build_dataset`).
 
     Example:
         >>> dataset = recordio_dataset("faces_emore/", batch_size=128, augment="brightness")  # doctest: +SKIP
         >>> dataset.num_classes                                                                # doctest: +SKIP
         85742
     """
-    return build_dataset(recordio_source(path), batch_size, image_size, augment, shuffle, seed, cache, drop_remainder, normalize)
+    return build_dataset(
+        recordio_source(path), batch_size, image_size, augment, shuffle, seed, cache, drop_remainder, normalize,
+        num_shards=num_shards, shard_index=shard_index,
+    )
