@@ -164,6 +164,7 @@ def start_workers(faces, outputs, port, *extra, epochs=1):
 def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tmp_path):
     common = ("--log-steps", "--seed", "7")
     single = run("jax", train_args(faces, tmp_path / "one", *common, epochs=1))
+    split = run("jax", train_args(faces, tmp_path / "split", *common, "--cpu-devices", "2", "--devices", "2", epochs=1))
     outputs = [tmp_path / "two", tmp_path / "never_written"]
     workers = start_workers(faces, outputs, free_port(), *common)
     results = [worker.communicate(timeout=600) for worker in workers]
@@ -172,11 +173,16 @@ def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tm
     one = json.loads((tmp_path / "one" / "steps.json").read_text())
     two = json.loads((outputs[0] / "steps.json").read_text())
     assert [(r["epoch"], r["step"]) for r in two] == [(1, 1), (1, 2)] == [(r["epoch"], r["step"]) for r in one]
-    # Same global batches and weights: only the order of float32 reductions differs (the batch is split
-    # over two devices), so the losses agree to a few float32 ulps of the ~20-40 loss values.
-    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-4)
+    # Same global batches, same initial weights: step 1 differs only by the float32 order of the reductions
+    # over 2 devices (ulps); step 2 also carries one update computed that way (measured ~1e-5 relative).
+    # Later steps drift further (ArcFace's arccos gradient near cos = 1 amplifies it), hence 2 steps here.
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-6)
+    assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-4)
     prints = [fingerprint(out) for out, _ in results]
     assert prints[0] == prints[1], "the processes ended with different weights"
+    # One process with the batch split over 2 devices does the same arithmetic as 2 processes: bit for bit.
+    assert json.loads((tmp_path / "split" / "steps.json").read_text()) == two
+    assert fingerprint(split.stdout) == prints[0]
     assert not outputs[1].exists(), "process 1 wrote files"
     assert RUN_FILES <= {p.name for p in outputs[0].iterdir()}
     assert "process 1 of 2: trained 1 epochs" in results[1][0]
