@@ -41,6 +41,18 @@ def faces(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def pairs_bin(tmp_path_factory) -> Path:
+    """A 20-pair verification .bin of 4 other synthetic identities (for --eval-bins)."""
+    from ghostface_keras.data import save_bin
+    from ghostface_keras.data.synthetic import render_synthetic_faces
+
+    images, labels = render_synthetic_faces(4, 10, seed=2, first_identity=10)
+    order = np.random.default_rng(0).permutation(len(images))[:40]
+    issame = labels[order[0::2]] == labels[order[1::2]]
+    return save_bin(tmp_path_factory.mktemp("bins") / "pairs.bin", images[order], issame)
+
+
 def env_for(backend: str) -> dict:
     return dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore",
                 PYTHONPATH=str(ROOT))
@@ -161,8 +173,8 @@ def start_workers(faces, outputs, port, *extra, epochs=1):
             for i in (0, 1)]
 
 
-def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tmp_path):
-    common = ("--log-steps", "--seed", "7")
+def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tmp_path, pairs_bin):
+    common = ("--log-steps", "--seed", "7", "--eval-bins", str(pairs_bin))
     single = run("jax", train_args(faces, tmp_path / "one", *common, epochs=1))
     split = run("jax", train_args(faces, tmp_path / "split", *common, "--cpu-devices", "2", "--devices", "2", epochs=1))
     outputs = [tmp_path / "two", tmp_path / "never_written"]
@@ -184,8 +196,11 @@ def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tm
     assert json.loads((tmp_path / "split" / "steps.json").read_text()) == two
     assert fingerprint(split.stdout) == prints[0]
     assert not outputs[1].exists(), "process 1 wrote files"
-    assert RUN_FILES <= {p.name for p in outputs[0].iterdir()}
+    assert RUN_FILES | {"best.keras"} <= {p.name for p in outputs[0].iterdir()}
     assert "process 1 of 2: trained 1 epochs" in results[1][0]
+    # verification ran on every process (each on its own) and the run recorded process 0's score
+    split_score = history(tmp_path / "split")[0]["pairs"]
+    assert history(outputs[0])[0]["pairs"] == pytest.approx(split_score, abs=1e-9)
 
 
 def test_a_killed_process_stops_the_other_and_both_resume_from_process_0s_state(faces, tmp_path):
