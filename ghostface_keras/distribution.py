@@ -447,7 +447,7 @@ def agree_on_writer_check(check: Callable[[], None]) -> None:
         raise GhostFaceError(message)
 
 
-def broadcast_arrays_from_writer(arrays: dict | None, like: Callable[[], dict] | None = None) -> dict | None:
+def broadcast_arrays_from_writer(arrays: dict | None) -> dict | None:
     """Process 0's dict of numpy arrays on every process (e.g. a training state only process 0 can read).
 
     Process 0 passes its arrays (or None when it has none); the others pass anything: shapes and dtypes
