@@ -395,3 +395,21 @@ def test_layers_frozen_by_the_caller_stay_frozen_through_stages_and_saves(tmp_pa
     np.testing.assert_array_equal(batch_norm.moving_mean.numpy(), moving_mean)
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert conv.trainable
+
+
+def test_cli_refuses_impossible_numbers_and_a_resume_of_another_run_before_writing(tmp_path, capsys):
+    cli = _train_cli()
+    out = tmp_path / "run"
+    assert cli.main(["--data", str(tmp_path), "--epochs", "0", "--output", str(out)]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert cli.main(["--data", str(tmp_path), "--lr", "-1", "--output", str(out)]) == 2
+    assert "--lr must be > 0" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()
+    config = json.dumps({"model": "GhostFaceNetV1-0.5-2", "data": str(tmp_path), "loss": "arcface"})
+    (out / "train_config.json").write_text(config)
+    (out / "training_state.npz").write_bytes(b"saved state")
+    assert cli.main(["--data", str(tmp_path), "--model", "MobileFaceNet", "--resume", "--output", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--model 'GhostFaceNetV1-0.5-2' -> 'MobileFaceNet'" in error
+    assert (out / "train_config.json").read_text() == config  # untouched by the refused run
