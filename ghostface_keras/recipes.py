@@ -342,11 +342,11 @@ def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
     import keras
 
     from ghostface_keras.distribution import agree_on_writer_check, broadcast_from_writer, weights_fingerprint
-    from ghostface_keras.training import STATE_FILE, Trainer, class_mean_embeddings
+    from ghostface_keras.training import STATE_FILE, Trainer, class_mean_embeddings, prepare_output_dir
 
     cluster.check_batch_size(config.batch_size)
     output = Path(config.output)
-    agree_on_writer_check(lambda: _check_output_dir(output))
+    agree_on_writer_check(lambda: prepare_output_dir(output))
     resuming = bool(broadcast_from_writer(config.resume and (output / STATE_FILE).is_file()))
     if config.resume and not resuming:
         logger.warning("--resume: no training state in %s, starting from scratch", output)
@@ -366,8 +366,8 @@ def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
         trainer = Trainer(model, train_data, num_classes, output, schedule=None, steps_per_epoch=steps,
                           pair_sets=pair_sets, eval_every=config.eval_every, sub_centers=config.sub_centers,
                           cluster=cluster, steps_per_execution=config.steps_per_execution,
-                          jit_compile=bool(config.jit_compile) or cluster.backend == "jax", stop_at_accuracy=config.stop_at,
-                          log_steps=config.log_steps)
+                          jit_compile=bool(config.jit_compile) or cluster.backend == "jax",
+                          stop_at_accuracy=config.stop_at, log_steps=config.log_steps)
         stages, trainer.schedule = official_stages(config, steps)
     if resuming:
         trainer.restore()  # refuses another model before the run's files change
@@ -384,15 +384,6 @@ def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
         exported = export_tflite_file(output / "model.keras", output / "model.tflite")
     return TrainingResult(records, output, exported, cluster.process_id, cluster.num_processes,
                           weights_fingerprint(model))
-
-
-def _check_output_dir(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise GhostFaceError(f"cannot create output directory {output}: {error}") from error
-    if not os.access(output, os.W_OK):
-        raise GhostFaceError(f"output directory {output} is not writable")
 
 
 def _check_same_run(output: Path, config: TrainingConfig) -> None:

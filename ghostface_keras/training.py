@@ -203,15 +203,8 @@ class Trainer:
         return cardinality
 
     def _prepare_output_dir(self) -> None:
-        if not self.cluster.is_writer:
-            return
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.output_dir / ".write_test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as error:
-            raise GhostFaceError(f"output directory {self.output_dir} is not writable: {error}") from error
+        if self.cluster.is_writer:
+            prepare_output_dir(self.output_dir)
 
     def initialize_head(self, centers: np.ndarray) -> None:
         """Start the head at given class directions (C x D), e.g. `class_mean_embeddings(...)`."""
@@ -482,6 +475,23 @@ class _StateCheckpoint(keras.callbacks.Callback):
             self.trainer.progress.best = verification.best
         self.trainer.save_embedding_model()
         self.trainer.save_state(self.stage_index)
+
+
+def prepare_output_dir(path: str | os.PathLike) -> None:
+    """Create `path` and check that a file can be written there; one-line `GhostFaceError` otherwise.
+
+    Example:
+        >>> import tempfile
+        >>> prepare_output_dir(os.path.join(tempfile.mkdtemp(), "run"))
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise GhostFaceError(f"output directory {path} is not writable: {error}") from error
 
 
 def _sublayers(model: keras.Model) -> list:
