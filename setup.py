@@ -15,7 +15,6 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["ghostface_keras", "ghostface_keras.*"]),
-    py_modules=["train", "eval"],
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3",
@@ -26,7 +25,8 @@ setup(
         "h5py",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "ai-edge-litert", "jax[cpu]>=0.4.36"],
+        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "ai-edge-litert", "jax[cpu]>=0.4.36", "tf2onnx",
+                 "onnx", "onnxruntime"],
         "align": ["mtcnn"],
         "litert": ["ai-edge-litert"],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
@@ -34,12 +34,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ghostface-zoo=ghostface_keras.registry:main",
-            "ghostface-train=train:main",
-            "ghostface-convert=ghostface_keras.convert:main",
-            "ghostface=ghostface_keras.inference:main",
-            "ghostface-export=ghostface_keras.export:main",
-            "ghostface-eval=eval:main",
+            "ghostface-zoo=ghostface_keras.cli.zoo:main",
+            "ghostface-train=ghostface_keras.cli.train:main",
+            "ghostface-convert=ghostface_keras.cli.convert:main",
+            "ghostface=ghostface_keras.cli.face:main",
+            "ghostface-export=ghostface_keras.cli.export:main",
+            "ghostface-eval=ghostface_keras.cli.evaluate:main",
         ],
     },
 )

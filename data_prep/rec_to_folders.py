@@ -11,13 +11,13 @@ and each file is written to a temporary name then renamed, so an interrupted run
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ghostface_keras.errors import GhostFaceError  # noqa: E402
+from ghostface_keras.files import write_atomically  # noqa: E402
 
 
 def convert(rec_dir: str, out_dir: str, quiet: bool = False) -> tuple[int, int, int]:
@@ -43,9 +43,7 @@ def convert(rec_dir: str, out_dir: str, quiet: bool = False) -> tuple[int, int, 
         if target.is_file() and target.stat().st_size == len(data):
             present += 1
         else:
-            temporary = folder / f".{target.name}.tmp"
-            temporary.write_bytes(data)
-            os.replace(temporary, target)
+            write_atomically(target, data)
             written += 1
         if progress is not None and (done % 500 == 0 or done == len(keys)):
             progress.update(done)

@@ -16,24 +16,27 @@ pixel-centre based ((0, 0) is the centre of the top-left pixel), like OpenCV and
 
 Example:
     >>> from ghostface_keras.align import MTCNNDetector, align_face, load_rgb_image
-    >>> image = load_rgb_image("photo.jpg")
-    >>> face = MTCNNDetector().detect(image)[0]
-    >>> crop = align_face(image, face.landmarks)   # (112, 112, 3) uint8, ready for normalize_images
+    >>> image = load_rgb_image("photo.jpg")          # doctest: +SKIP
+    >>> face = MTCNNDetector().detect(image)[0]      # doctest: +SKIP
+    >>> crop = align_face(image, face.landmarks)     # doctest: +SKIP
+
+`crop` is a (112, 112, 3) uint8 RGB face, ready for `normalize_images`.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ghostface_keras.errors import DataError, GhostFaceError
+from ghostface_keras.files import IMAGE_EXTENSIONS, list_images, write_atomically
+from ghostface_keras.images import ImageInput, describe_image, load_rgb_image  # noqa: F401 - the one reader, re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -48,106 +51,6 @@ ARCFACE_TEMPLATE_112 = np.array(
     dtype=np.float64,
 )
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif")
-
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
-
-
-# --------------------------------------------------------------------------------------------------
-# Image loading
-# --------------------------------------------------------------------------------------------------
-def describe_image(image: Any) -> str:
-    """A short human name for an image input, used in error messages ("photo.jpg", "<numpy array>")."""
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    if isinstance(image, Image.Image):
-        return getattr(image, "filename", "") or "<PIL image>"
-    if isinstance(image, np.ndarray):
-        return f"<numpy array {image.shape}>"
-    return f"<{type(image).__name__}>"
-
-
-def load_rgb_image(image: ImageInput) -> np.ndarray:
-    """Any supported image input -> (H, W, 3) uint8 RGB array.
-
-    Paths and PIL images honour the EXIF orientation tag (phone photos are stored sideways);
-    grayscale is replicated to three channels; an alpha channel is composited onto white (a
-    transparent background is not black hair). Numpy arrays must already be RGB (not BGR); float
-    arrays in [0, 1] are scaled to [0, 255].
-
-    Raises:
-        DataError: the file is missing, unreadable or not an image; the array has a bad shape.
-
-    Example:
-        >>> load_rgb_image(np.zeros((4, 5), np.uint8)).shape
-        (4, 5, 3)
-    """
-    if isinstance(image, np.ndarray):
-        return _array_to_rgb(image)
-    if isinstance(image, (str, os.PathLike, bytes)):
-        pil_image = _open_image_file(image)
-    elif isinstance(image, Image.Image):
-        pil_image = image
-    else:
-        raise DataError(f"unsupported image input of type {type(image).__name__}: expected a path, "
-                        "a PIL image or an RGB numpy array")
-    return _pil_to_rgb(pil_image, describe_image(image))
-
-
-def _open_image_file(source: str | os.PathLike | bytes) -> Image.Image:
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        pil_image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        pil_image.load()
-    except FileNotFoundError:
-        raise DataError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{name}: is a directory, expected an image file") from None
-    except UnidentifiedImageError:
-        raise DataError(f"{name}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{name}: cannot read image ({error})") from None
-    return pil_image
-
-
-def _pil_to_rgb(pil_image: Image.Image, name: str) -> np.ndarray:
-    try:
-        pil_image = ImageOps.exif_transpose(pil_image)
-        if pil_image.mode in ("RGBA", "LA", "PA") or (pil_image.mode == "P" and "transparency" in pil_image.info):
-            rgba = pil_image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            pil_image = Image.alpha_composite(background, rgba)
-        if pil_image.mode in ("I", "I;16", "I;16B", "F"):
-            pil_image = _high_depth_to_8bit(pil_image)
-        return np.asarray(pil_image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{name}: cannot decode image ({error})") from None
-
-
-def _high_depth_to_8bit(pil_image: Image.Image) -> Image.Image:
-    # 16-bit / float greyscale (some scientific PGM/TIFF files): stretch to the 8-bit range
-    values = np.asarray(pil_image, dtype=np.float64)
-    top = values.max() if values.size and values.max() > 0 else 1.0
-    return Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8))
-
-
-def _array_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (3, 4) or array.shape[0] == 0 or array.shape[1] == 0:
-        raise DataError(f"image array has shape {array.shape}: expected (H, W), (H, W, 1), (H, W, 3) RGB "
-                        "or (H, W, 4) RGBA")
-    if np.issubdtype(array.dtype, np.floating) and array.size and float(np.nanmax(array)) <= 1.0:
-        array = array * 255.0  # float images in [0, 1] (matplotlib / skimage convention)
-    if array.shape[-1] == 4:
-        alpha = array[..., 3:4].astype(np.float64) / 255.0
-        array = array[..., :3].astype(np.float64) * alpha + 255.0 * (1.0 - alpha)
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array.astype(np.float64)), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(array)
-
 
 # --------------------------------------------------------------------------------------------------
 # Detection
@@ -193,8 +96,10 @@ class MTCNNDetector:
 
     Example:
         >>> detector = MTCNNDetector(min_confidence=0.8)
-        >>> faces = detector.detect(load_rgb_image("photo.jpg"))
-        >>> faces[0].landmarks.shape
+        >>> detector.detect(np.zeros((120, 160, 3), np.uint8))     # no face in a black image
+        []
+        >>> faces = detector.detect(load_rgb_image("photo.jpg"))   # doctest: +SKIP
+        >>> faces[0].landmarks.shape                               # doctest: +SKIP
         (5, 2)
     """
 
@@ -212,7 +117,7 @@ class MTCNNDetector:
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """Faces in an RGB uint8 image, most confident first."""
-        image = _array_to_rgb(np.asarray(image))
+        image = load_rgb_image(np.asarray(image))
         small, scale_x, scale_y = _downscale(image, self.max_side)
         rows = self._mtcnn.detect_faces(small, output_type="numpy", box_format="xyxy", **self.mtcnn_options)
         faces = [_mtcnn_row_to_face(row, scale_x, scale_y) for row in np.asarray(rows).reshape(-1, 16)]
@@ -312,8 +217,8 @@ def estimate_similarity_transform(source: np.ndarray, target: np.ndarray) -> np.
 
     Example:
         >>> matrix = estimate_similarity_transform(ARCFACE_TEMPLATE_112 * 2 + 5, ARCFACE_TEMPLATE_112)
-        >>> matrix.round(6).tolist()
-        [[0.5, 0.0, -2.5], [-0.0, 0.5, -2.5]]
+        >>> (matrix.round(6) + 0.0).tolist()       # + 0.0 turns a -0.0 into 0.0
+        [[0.5, 0.0, -2.5], [0.0, 0.5, -2.5]]
     """
     source = np.asarray(source, dtype=np.float64).reshape(-1, 2)
     target = np.asarray(target, dtype=np.float64).reshape(-1, 2)
@@ -345,7 +250,7 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int] | i
         [[200, 200], [200, 200]]
     """
     height, width = (size, size) if isinstance(size, int) else size
-    image = _array_to_rgb(np.asarray(image))
+    image = load_rgb_image(np.asarray(image))
     forward = np.vstack([np.asarray(matrix, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
     inverse = np.linalg.inv(forward)
     out_x, out_y = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
@@ -378,7 +283,9 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.
         size: output side; the template is scaled by size/112.
 
     Example:
-        >>> crop = align_face(image, face.landmarks)
+        >>> image = np.zeros((200, 160, 3), np.uint8)                 # an RGB photo
+        >>> landmarks = ARCFACE_TEMPLATE_112 * 1.5 + (20, 40)          # e.g. `face.landmarks` from a detector
+        >>> crop = align_face(image, landmarks)
         >>> crop.shape
         (112, 112, 3)
     """
@@ -388,25 +295,12 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.
     if landmarks.shape != (5, 2):
         raise DataError(f"landmarks have shape {landmarks.shape}: expected (5, 2) (x, y) points")
     matrix = estimate_similarity_transform(landmarks, arcface_template(size))
-    return warp_affine(_array_to_rgb(image), matrix, size)
+    return warp_affine(load_rgb_image(image), matrix, size)
 
 
 # --------------------------------------------------------------------------------------------------
 # Whole folders
 # --------------------------------------------------------------------------------------------------
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder` (recursive, sorted), by extension.
-
-    Example:
-        >>> list_images("photos/")[:2]
-        [PosixPath('photos/alice/1.jpg'), PosixPath('photos/alice/2.jpg')]
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
-    return sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 @dataclass
 class FolderAlignmentReport:
     """What `align_folder` did: written crops, photos without a face, unreadable files, and the
@@ -430,9 +324,19 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     to a temporary file and renamed, so an interrupted run never leaves half-written images.
 
     Example:
-        >>> report = align_folder("photos/", "photos_112/")
-        >>> len(report.written), [str(path) for path in report.no_face]
-        (41, ['photos/bob/back_of_head.jpg'])
+        >>> import tempfile
+        >>> photos = Path(tempfile.mkdtemp()) / "photos"
+        >>> for name, colour in [("alice", "tan"), ("bob", "black")]:
+        ...     (photos / name).mkdir(parents=True)
+        ...     Image.new("RGB", (160, 160), colour).save(photos / name / "1.jpg")
+        >>> # a stand-in detector that finds a face in any photo that is not all black (default: "mtcnn")
+        >>> detector = CallableDetector(lambda image: [((0, 0, 160, 160), ARCFACE_TEMPLATE_112 + 24, 0.99)]
+        ...                             if image.any() else [])
+        >>> report = align_folder(photos, photos.parent / "photos_112", detector, progress=False)
+        >>> [str(path.relative_to(photos.parent)) for path in report.written]
+        ['photos_112/alice/1.png']
+        >>> [str(path.relative_to(photos)) for path in report.no_face]
+        ['bob/1.jpg']
     """
     import keras  # only for the progress bar; keeps `import ghostface_keras.align` light
 
@@ -470,9 +374,7 @@ def _align_one_file(path: Path, target: Path, detector: FaceDetector, size: int,
     largest = max(faces, key=lambda face: face.area)
     crop = align_face(image, largest.landmarks, size)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.stem}.tmp{target.suffix}")
-    Image.fromarray(crop).save(temporary)
-    os.replace(temporary, target)
+    write_atomically(target, lambda temporary: Image.fromarray(crop).save(temporary))  # format from the suffix
     report.written.append(target)
     report.detections.append((path, largest))
 
@@ -486,9 +388,7 @@ def _write_landmarks_csv(output_root: Path, report: FolderAlignmentReport) -> No
     for crop, (source, face) in zip(report.written, report.detections):
         numbers = [f"{face.score:.4f}"] + [f"{value:.2f}" for value in [*face.box, *face.landmarks.reshape(-1)]]
         rows.append(",".join([str(crop.relative_to(output_root)), str(source), *numbers]))
-    temporary = output_root / ".landmarks.csv.tmp"
-    temporary.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    os.replace(temporary, output_root / "landmarks.csv")
+    write_atomically(output_root / "landmarks.csv", "\n".join(rows) + "\n")
 
 
 def _write_skip_list(output_root: Path, report: FolderAlignmentReport) -> None:
@@ -497,9 +397,7 @@ def _write_skip_list(output_root: Path, report: FolderAlignmentReport) -> None:
     output_root.mkdir(parents=True, exist_ok=True)
     skip_file = output_root / "skipped.txt"
     if lines:
-        temporary = skip_file.with_name(".skipped.txt.tmp")
-        temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(temporary, skip_file)
+        write_atomically(skip_file, "\n".join(lines) + "\n")
     elif skip_file.exists():
         skip_file.unlink()
 

@@ -13,7 +13,10 @@ PyTorch-style padding).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -21,6 +24,46 @@ import keras
 from keras import layers, ops
 
 ActivationSpec = Union[str, Callable, None]
+
+
+def renamed_arguments(**renames: str):
+    """Decorator keeping renamed keyword arguments working as deprecated aliases (`old="new"`).
+
+    Passing `old=` emits a `DeprecationWarning` naming `new=` and behaves exactly like `new=`;
+    passing both (by keyword, or `new` positionally) raises `TypeError`, as Python does for a
+    duplicate argument. The wrapped function's signature shows only the new names.
+
+    Example:
+        >>> @renamed_arguments(strides="stem_strides")
+        ... def build(stem_strides=2):
+        ...     return stem_strides
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     build(strides=1), str(caught[0].message)
+        (1, 'build(strides=...) is deprecated; use stem_strides=... instead')
+    """
+
+    def decorate(function):
+        positional = list(inspect.signature(function).parameters)
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs or new in positional[:len(args)]:
+                    raise TypeError(f"{function.__name__}() got both {old}= (deprecated) and {new}=; "
+                                    f"pass only {new}=")
+                warnings.warn(f"{function.__name__}({old}=...) is deprecated; use {new}=... instead",
+                              DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        wrapper.renamed_arguments = dict(renames)  # for callers that merge configs (ModelSpec.build)
+        return wrapper
+
+    return decorate
 
 
 def make_divisible(value: float, divisor: int = 4, min_value: Optional[int] = None) -> int:
@@ -47,7 +90,7 @@ def hard_sigmoid_keras2(x):
     is relu6(x + 3) / 6 (slope 1/6), a different function.
 
     Example:
-        >>> [float(v) for v in hard_sigmoid_keras2(keras.ops.convert_to_tensor([-3.0, 0.0, 1.0]))]
+        >>> [round(float(v), 6) for v in hard_sigmoid_keras2(keras.ops.convert_to_tensor([-3.0, 0.0, 1.0]))]
         [0.0, 0.5, 0.7]
     """
     return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
@@ -280,13 +323,15 @@ def mobilefacenet_bottleneck(x, expansion_channels: int, out_channels: int, stri
     return hidden
 
 
+@renamed_arguments(scale="embedding_bn_scale")
 def gdc_head(x, settings: LayerSettings, embedding_size: int = 512, dropout: float = 0.0,
-             use_bias: bool = False, scale: bool = True):
+             use_bias: bool = False, embedding_bn_scale: bool = True):
     """Global depthwise conv (GDC) embedding head with the official layer names.
 
     GDC_dw (depthwise, kernel = feature-map size, valid) -> GDC_batchnorm -> optional GDC_dropout
-    -> GDC_conv (1x1 to `embedding_size`, optional bias) -> GDC_flatten -> pre_embedding (BN,
-    `scale` = learn gamma) -> embedding (float32 linear output; not L2-normalized).
+    -> GDC_conv (1x1 to `embedding_size`, optional bias) -> GDC_flatten -> pre_embedding (BN;
+    `embedding_bn_scale` = learn its gamma) -> embedding (float32 linear output; not L2-normalized).
+    `scale=` is a deprecated alias of `embedding_bn_scale=`.
     """
     height, width = x.shape[1], x.shape[2]
     if height is None or width is None:
@@ -299,5 +344,5 @@ def gdc_head(x, settings: LayerSettings, embedding_size: int = 512, dropout: flo
     x = layers.Conv2D(embedding_size, 1, use_bias=use_bias, kernel_initializer="glorot_normal",
                       kernel_regularizer=settings.regularizer(), name="GDC_conv")(x)
     x = layers.Flatten(name="GDC_flatten")(x)
-    x = batch_norm(x, settings, "pre_embedding", scale=scale)
+    x = batch_norm(x, settings, "pre_embedding", scale=embedding_bn_scale)
     return layers.Activation("linear", dtype="float32", name="embedding")(x)

@@ -17,24 +17,23 @@ Command line:
 Example:
     >>> from ghostface_keras.convert import load_official
     >>> model = load_official("GN_W0.5_S2_ArcFace_epoch16.h5")     # doctest: +SKIP
-    >>> model.name
+    >>> model.name                                                 # doctest: +SKIP
     'GhostFaceNetV1-0.5-2'
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ghostface_keras.errors import ConversionError
+from ghostface_keras.files import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,11 @@ class OfficialVariant:
         config = asdict(self)
         version = config.pop("version")
         config["input_shape"] = tuple(config["input_shape"])
+        # the builders' names for this variant's `strides` / `scale`; an override under either name wins
+        for field_name, argument in (("strides", "stem_strides"), ("scale", "embedding_bn_scale")):
+            value = config.pop(field_name)
+            if field_name not in overrides:
+                config[argument] = value
         config.update(overrides)
         return (GhostFaceNetV1 if version == 1 else GhostFaceNetV2)(**config)
 
@@ -456,7 +460,7 @@ def load_official(path: str, **overrides):
 
     Example:
         >>> model = load_official("GN_W0.5_S2_ArcFace_epoch16.h5")    # doctest: +SKIP
-        >>> model.output_shape
+        >>> model.output_shape                                        # doctest: +SKIP
         (None, 512)
     """
     model, _ = _convert(os.fspath(path), **overrides)
@@ -504,11 +508,8 @@ def convert_file(source: str, destination: str, check_batch: int = 4, seed: int 
     if not destination.endswith(".keras"):
         raise ConversionError(f"{destination}: the output must be a .keras file")
     model, variant = _convert(os.fspath(source))
-    directory = os.path.dirname(os.path.abspath(destination))
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(destination)}.partial.keras")
-    model.save(temporary)
-    os.replace(temporary, destination)
+    with atomic_output(destination) as temporary:
+        model.save(str(temporary))
     reloaded = keras.models.load_model(destination, compile=False)
     probe = np.random.default_rng(seed).uniform(-1, 1, size=(check_batch, *variant.input_shape)).astype("float32")
     difference = float(np.max(np.abs(np.asarray(model(probe, training=False)) -
@@ -516,23 +517,7 @@ def convert_file(source: str, destination: str, check_batch: int = 4, seed: int 
     return variant, difference
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """`ghostface-convert IN.h5 OUT.keras`: convert an official checkpoint and self-check the result."""
-    parser = argparse.ArgumentParser(description="Convert an official GhostFaceNets Keras-2 .h5 file to a Keras 3 "
-                                                 ".keras model.")
-    parser.add_argument("source", help="official .h5 file (full-model save)")
-    parser.add_argument("destination", help="output .keras file")
-    args = parser.parse_args(argv)
-    try:
-        variant, difference = convert_file(args.source, args.destination)
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"variant: {variant.name} (use_bias={variant.use_bias}, scale={variant.scale}, "
-          f"embedding={variant.embedding_size}, se_gate={variant.se_gate}, bn_epsilon={variant.bn_epsilon:g})")
-    print(f"wrote {args.destination}; reload self-check max abs difference: {difference:.3g}")
-    return 0 if difference < 1e-5 else 2
+if __name__ == "__main__":  # `python -m ghostface_keras.convert IN.h5 OUT.keras`: the ghostface-convert command
+    from ghostface_keras.cli.convert import main
 
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -3,15 +3,17 @@
 Three lines from photos to a decision:
 
     >>> from ghostface_keras.inference import FaceEmbedder
-    >>> embedder = FaceEmbedder("GN_W0.5_S2_ArcFace_epoch16.h5")      # or a Keras model, .keras or .tflite
-    >>> similarity, same = embedder.verify("alice_1.jpg", "alice_2.jpg")
+    >>> embedder = FaceEmbedder("GN_W0.5_S2_ArcFace_epoch16.h5")      # doctest: +SKIP
+    >>> similarity, same = embedder.verify("alice_1.jpg", "alice_2.jpg")  # doctest: +SKIP
+
+(the model can also be a Keras model, a .keras or .tflite file, or a released checkpoint name).
 
 The model sees exactly what it saw in training: the largest face, aligned to the ArcFace 112x112
 template (`ghostface_keras.align`), RGB, normalized by `normalize_images`. By default the embedding is
 the L2-normalized sum of the embeddings of the crop and its mirror image (`flip=True`, as in the
 official evaluation); the similarity of two faces is the cosine (dot product of unit vectors).
 
-Command line (console script `ghostface`):
+Command line (console script `ghostface`, in `ghostface_keras.cli.face`):
 
     ghostface verify a.jpg b.jpg --model model.keras
     ghostface embed photos/*.jpg --model model.tflite --output embeddings.npy
@@ -20,11 +22,8 @@ Command line (console script `ghostface`):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -39,155 +38,15 @@ from ghostface_keras.align import (
     align_face,
     describe_image,
     get_detector,
-    list_images,
     load_rgb_image,
 )
-from ghostface_keras.errors import DataError, GhostFaceError, NoFaceError
-from ghostface_keras.export.runtime import TFLiteEmbedder
-from ghostface_keras.preprocessing import normalize_images
+from ghostface_keras.embedding import EmbeddingFunction
+from ghostface_keras.errors import DataError, NoFaceError
+from ghostface_keras.files import list_images, write_atomically
+from ghostface_keras.loading import LoadedModel, load_model
+from ghostface_keras.numeric import l2_normalize
 
 logger = logging.getLogger(__name__)
-
-# Cosine-similarity thresholds for `verify`, per registry model name. How each was chosen is in
-# docs/inference.md ("Choosing the threshold"): the best-accuracy threshold on the 600 pairs of
-# shared/data/celeba_aligned112/val_pairs.bin (MTCNN + ArcFace alignment, flip TTA), rounded.
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "GhostFaceNetV1-0.5-2": 0.21,
-}
-# For models without a measured threshold (your own training runs, other registry variants): the
-# usual operating point of ArcFace-trained 512-d models. Measure your own with `eval.py`.
-FALLBACK_THRESHOLD = 0.30
-# Official release file names / checkpoint names -> registry names, so a released checkpoint gets
-# its model's threshold (completed from `ghostface_keras.pretrained` when it is importable).
-CHECKPOINT_ALIASES: dict[str, str] = {
-    "GN_W0.5_S2_ArcFace_epoch16": "GhostFaceNetV1-0.5-2",
-    "GhostFaceNetV1-0.5-2-ArcFace-MS1MV2": "GhostFaceNetV1-0.5-2",
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Model runners: Keras model or TFLite file behind one call signature
-# --------------------------------------------------------------------------------------------------
-class KerasRunner:
-    """Runs a Keras embedding model on normalized float32 batches (N, H, W, 3) -> (N, D)."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.input_size = int(model.input_shape[1] or 112)
-        self.name = getattr(model, "name", "") or ""
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import keras
-
-        with warnings.catch_warnings():
-            # models saved with a one-element input list warn that a bare tensor "doesn't match"
-            warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            outputs = self.model(batch, training=False)
-        if isinstance(outputs, (list, tuple)):  # a model exported with extra outputs: embedding first
-            outputs = outputs[0]
-        return np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float32).reshape(len(batch), -1)
-
-
-# `.tflite` files run through the one runner that export and evaluation use too
-TFLiteRunner = TFLiteEmbedder
-
-
-def load_embedding_runner(model_or_path: Any) -> KerasRunner | TFLiteRunner:
-    """A Keras model, a `.keras` / `.h5` file (ours or an official release), a `.tflite` file, or the
-    name of a released checkpoint (`ghostface_keras.pretrained`, downloaded once) -> runner.
-
-    Example:
-        >>> runner = load_embedding_runner("model.tflite")
-        >>> runner(np.zeros((2, 112, 112, 3), np.float32)).shape
-        (2, 512)
-    """
-    if isinstance(model_or_path, (KerasRunner, TFLiteRunner)):
-        return model_or_path
-    if not isinstance(model_or_path, (str, os.PathLike)):
-        if not hasattr(model_or_path, "input_shape"):
-            raise GhostFaceError(f"model must be a Keras model or a file path, got {type(model_or_path).__name__}")
-        return KerasRunner(model_or_path)
-    path = Path(model_or_path)
-    if not path.is_file() and path.suffix.lower() not in MODEL_SUFFIXES and len(path.parts) == 1:
-        return _pretrained_runner(str(model_or_path))
-    if not path.is_file():
-        raise DataError(f"{path}: model file not found (expected a .keras, .h5 or .tflite file)")
-    suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        return TFLiteRunner(path)
-    if suffix in (".keras", ".h5", ".hdf5"):
-        runner = KerasRunner(_load_keras_file(path))
-        runner.name = path.stem
-        return runner
-    raise DataError(f"{path}: unsupported model file type {suffix!r} (expected .keras, .h5 or .tflite)")
-
-
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite")
-
-
-def _pretrained_runner(name: str) -> KerasRunner:
-    # a bare name such as "GhostFaceNetV1-0.5-2": the released weights, downloaded once and cached
-    from ghostface_keras.pretrained import get_checkpoint, load_pretrained
-
-    checkpoint = get_checkpoint(name)  # ModelNameError (a GhostFaceError) lists the known names
-    runner = KerasRunner(load_pretrained(checkpoint.name))
-    runner.name = checkpoint.model
-    return runner
-
-
-def _load_keras_file(path: Path) -> Any:
-    import keras
-
-    if path.suffix.lower() in (".h5", ".hdf5") and _is_keras2_h5(path):
-        from ghostface_keras.convert import load_official  # official releases are Keras-2 files
-
-        return load_official(str(path))
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as error:  # Keras raises many types for a bad file; the user needs one message
-        raise DataError(f"{path}: cannot load Keras model ({type(error).__name__}: {error})") from None
-
-
-def _is_keras2_h5(path: Path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            version = handle.attrs.get("keras_version", b"")
-    except OSError as error:
-        raise DataError(f"{path}: not a readable HDF5 model file ({error})") from None
-    version = version.decode() if isinstance(version, bytes) else str(version)
-    return version.startswith("2.")
-
-
-def default_threshold(model_name: str | None) -> float:
-    """The documented cosine threshold for a registry model name (or an official checkpoint stem).
-
-    Example:
-        >>> default_threshold("GN_W0.5_S2_ArcFace_epoch16")
-        0.21
-    """
-    name = _known_aliases().get(model_name or "", model_name or "")
-    if name in DEFAULT_THRESHOLDS:
-        return DEFAULT_THRESHOLDS[name]
-    logger.info("no measured threshold for model %r; using the fallback %.2f", model_name, FALLBACK_THRESHOLD)
-    return FALLBACK_THRESHOLD
-
-
-def _known_aliases() -> dict[str, str]:
-    aliases = dict(CHECKPOINT_ALIASES)
-    try:
-        from ghostface_keras.pretrained import CHECKPOINTS
-    except ImportError:
-        return aliases
-    stems = [Path(checkpoint.filename).stem for checkpoint in CHECKPOINTS.values()]
-    for checkpoint in CHECKPOINTS.values():
-        aliases.setdefault(checkpoint.name, checkpoint.model)
-        stem = Path(checkpoint.filename).stem
-        if stems.count(stem) == 1:  # "epoch17.h5" names two different checkpoints: no alias
-            aliases.setdefault(stem, checkpoint.model)
-    return aliases
-
 
 # --------------------------------------------------------------------------------------------------
 # The embedder
@@ -222,18 +81,23 @@ class Gallery:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a `.npz` file (atomically; no pickles, so it is safe to load)."""
-        target = Path(path)
-        temporary = target.with_name(f".{target.stem}.tmp.npz")
-        np.savez(temporary, names=np.array(self.names, dtype=str), embeddings=self.embeddings,
-                 paths=np.array(self.paths, dtype=str))
-        os.replace(temporary, target)
+        def write(temporary: Path) -> None:
+            with open(temporary, "wb") as handle:  # a handle: np.savez would append ".npz" to a bare name
+                np.savez(handle, names=np.array(self.names, dtype=str), embeddings=self.embeddings,
+                         paths=np.array(self.paths, dtype=str))
+
+        write_atomically(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Gallery":
         """Read a gallery written by `save`.
 
         Example:
-            >>> Gallery.load("known.npz").names[:2]
+            >>> import tempfile
+            >>> path = Path(tempfile.mkdtemp()) / "known.npz"
+            >>> gallery = Gallery(["alice", "alice", "bob"], np.eye(3, 32, dtype=np.float32), ["a1.jpg", "a2.jpg", "b.jpg"])
+            >>> gallery.save(path)
+            >>> Gallery.load(path).names[:2]
             ['alice', 'alice']
         """
         try:
@@ -247,34 +111,39 @@ class FaceEmbedder:
     """Detect, align and embed faces; verify pairs; identify against a gallery.
 
     Args:
-        model_or_path: a Keras embedding model, or a `.keras`, `.h5` (ours or an official release)
-            or `.tflite` file.
+        model_or_path: anything `ghostface_keras.load_model` takes: a Keras model, a `.keras` / `.h5` (ours or
+            an official release) / `.tflite` / `.onnx` file, a SavedModel folder, a released checkpoint name.
         detector: "mtcnn" (default), any object with `.detect(image) -> list[DetectedFace]`, or
             None / "none" when inputs are already aligned crops (resized to the model input if needed).
         flip: add the embedding of the mirrored crop before normalizing (official evaluation TTA).
-        threshold: cosine threshold for `verify`; default: `default_threshold(model_name)`.
-        model_name: registry name used to pick the threshold (default: the model's name or file stem).
+        threshold: cosine threshold for `verify`; default: the threshold of the released checkpoint these
+            weights are (recognized from the weights, in any format), else `checkpoints.FALLBACK_THRESHOLD`.
         batch_size: crops per model call.
 
     Example:
-        >>> embedder = FaceEmbedder("model.tflite")
-        >>> embedder.embed("photo.jpg").shape
+        >>> import keras
+        >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> embedder = FaceEmbedder(model, detector=None)   # aligned crops in; photos need the default "mtcnn"
+        >>> embedder.embed(np.zeros((112, 112, 3), np.uint8)).shape       # a path, PIL image or array
+        (32,)
+        >>> FaceEmbedder("model.tflite").embed("photo.jpg").shape         # doctest: +SKIP
         (512,)
     """
 
     def __init__(self, model_or_path: Any, detector: str | FaceDetector | None = "mtcnn", flip: bool = True,
-                 threshold: float | None = None, model_name: str | None = None, batch_size: int = 32) -> None:
-        self.runner = load_embedding_runner(model_or_path)
+                 threshold: float | None = None, batch_size: int = 32) -> None:
+        self.model: LoadedModel = load_model(model_or_path)
         self.detector = get_detector(detector)
         self.flip = bool(flip)
         self.batch_size = int(batch_size)
-        self.model_name = model_name or self.runner.name
-        self.threshold = float(threshold) if threshold is not None else default_threshold(self.model_name)
+        self.threshold = float(threshold) if threshold is not None else self.model.threshold
+        self._embed = EmbeddingFunction(self.model, batch_size=self.batch_size, flip=self.flip)
 
     @property
     def input_size(self) -> int:
         """Side of the square crops the model takes (112 for every registry model)."""
-        return self.runner.input_size
+        return self.model.input_size or 112
 
     def detect(self, image: ImageInput) -> list[DetectedFace]:
         """Faces in a photo, largest first (with detector=None: the whole image as one face)."""
@@ -321,7 +190,7 @@ class FaceEmbedder:
             if bar is not None:
                 bar.update(index + 1)
         found = self.embed_aligned(np.stack(crops)) if crops else np.zeros((0, 0), np.float32)
-        dimension = found.shape[1] if crops else self._embedding_size()
+        dimension = found.shape[1] if crops else (self.model.embedding_size or 0)
         result = np.full((len(images), dimension), np.nan, np.float32)
         result[np.setdiff1d(np.arange(len(images)), missing)] = found
         return result
@@ -330,29 +199,39 @@ class FaceEmbedder:
         """Unit embeddings of already aligned uint8 RGB crops (N, size, size, 3) -> (N, D) float32.
 
         Example:
+            >>> import keras
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> embedder = FaceEmbedder(model, detector=None)
             >>> embedder.embed_aligned(np.zeros((2, 112, 112, 3), np.uint8)).shape
-            (2, 512)
+            (2, 32)
         """
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
             raise DataError(f"aligned crops have shape {crops.shape}: expected "
                             f"(N, {self.input_size}, {self.input_size}, 3) uint8 RGB")
-        outputs = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = normalize_images(crops[start:start + self.batch_size])
-            embedding = self.runner(batch)
-            if self.flip:
-                embedding = embedding + self.runner(np.ascontiguousarray(batch[:, :, ::-1]))
-            outputs.append(embedding)
-        embeddings = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 0), np.float32)
-        return _l2_normalize(embeddings)
+        outputs = [self._embed(crops[start:start + self.batch_size]) for start in range(0, len(crops), self.batch_size)]
+        embeddings = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, self.model.embedding_size or 0),
+                                                                               np.float32)
+        return l2_normalize(embeddings)
 
     def verify(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None) -> tuple[float, bool]:
         """Cosine similarity of the largest faces of two photos and whether it reaches the threshold.
 
         Example:
-            >>> embedder.verify("alice_1.jpg", "alice_2.jpg")
-            (0.71, True)
+            >>> import keras
+            >>> from ghostface_keras.data.synthetic import render_synthetic_faces
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need the default "mtcnn"
+            >>> faces, _ = render_synthetic_faces(1, 2)            # two pictures of one made-up person
+            >>> embedder.threshold                                 # weights of no released checkpoint: the fallback
+            0.3
+            >>> embedder.verify(faces[0], faces[1])                # (cosine similarity, same person?)
+            (..., ...)
+            >>> similarity, same = embedder.verify(faces[0], faces[0])    # the same picture twice
+            >>> round(similarity, 4), same
+            (1.0, True)
         """
         threshold = self.threshold if threshold is None else float(threshold)
         similarity = float(np.dot(self.embed(image_a), self.embed(image_b)))
@@ -364,9 +243,19 @@ class FaceEmbedder:
         or a mapping name -> photos. Photos without a face are skipped with a warning.
 
         Example:
-            >>> gallery = embedder.build_gallery("known_people/")
-            >>> sorted(set(gallery.names))
-            ['alice', 'bob']
+            >>> import keras, tempfile
+            >>> from ghostface_keras.data.synthetic import render_synthetic_faces
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need the default "mtcnn"
+            >>> faces, _ = render_synthetic_faces(2, 2)            # two made-up people, two pictures each
+            >>> known_people = Path(tempfile.mkdtemp())
+            >>> for index, name in enumerate(["alice", "alice", "bob", "bob"]):
+            ...     (known_people / name).mkdir(exist_ok=True)
+            ...     Image.fromarray(faces[index]).save(known_people / name / f"{index}.png")
+            >>> gallery = embedder.build_gallery(known_people)
+            >>> sorted(set(gallery.names)), gallery.embeddings.shape
+            (['alice', 'bob'], (4, 32))
         """
         entries = _gallery_entries(source)
         embeddings = self.embed_batch([image for _, image in entries], skip_missing=True, progress=progress)
@@ -384,7 +273,13 @@ class FaceEmbedder:
         """Rank gallery identities by the similarity of their closest photo to the probe's largest face.
 
         Example:
-            >>> best = embedder.identify("someone.jpg", "known_people/")[0]
+            >>> import keras
+            >>> from ghostface_keras.data.synthetic import render_synthetic_faces
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need the default "mtcnn"
+            >>> faces, _ = render_synthetic_faces(2, 2)            # two made-up people, two pictures each
+            >>> best = embedder.identify(faces[0], {"alice": faces[:2], "bob": faces[2:]})[0]   # or a folder
             >>> best.name, best.same
             ('alice', True)
         """
@@ -418,15 +313,6 @@ class FaceEmbedder:
         height, width = rgb.shape[:2]
         return np.array([0, 0, width, height], np.float32), np.full((5, 2), np.nan, np.float32), 1.0
 
-    def _embedding_size(self) -> int:
-        probe = np.zeros((1, self.input_size, self.input_size, 3), np.uint8)
-        return int(self.runner(normalize_images(probe)).shape[1])
-
-
-def _l2_normalize(embeddings: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
-
 
 def _progress_bar(total: int) -> Any:
     import keras
@@ -443,97 +329,3 @@ def _gallery_entries(source: Any) -> list[tuple[str, ImageInput]]:
         raise DataError(f"{root}: gallery folder has no image files")
     # name/*.jpg -> identity "name"; flat files -> identity is the file name without extension
     return [(path.parent.name if path.parent != root else path.stem, path) for path in files]
-
-
-# --------------------------------------------------------------------------------------------------
-# The `ghostface` command line
-# --------------------------------------------------------------------------------------------------
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ghostface", description="Face verification, embedding and "
-                                     "identification from photos with a GhostFaceNets / MobileFaceNet model.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser("verify", help="are two photos the same person?")
-    verify.add_argument("image_a")
-    verify.add_argument("image_b")
-    embed = commands.add_parser("embed", help="write unit embeddings of photos to a .npy file")
-    embed.add_argument("images", nargs="+")
-    embed.add_argument("--output", "-o", required=True, help="output .npy (N x D float32); the file order is "
-                       "written beside it as <output>.txt")
-    embed.add_argument("--skip-missing", action="store_true", help="NaN rows for photos without a face "
-                       "instead of stopping")
-    identify = commands.add_parser("identify", help="who is this? rank the people of a gallery folder")
-    identify.add_argument("probe")
-    identify.add_argument("--gallery", required=True, help="folder of name/*.jpg (or flat name.jpg) photos, "
-                          "or a .npz written by --save-gallery")
-    identify.add_argument("--top-k", type=int, default=5)
-    identify.add_argument("--save-gallery", help="also save the gallery embeddings to this .npz for reuse")
-    for command in (verify, embed, identify):
-        command.add_argument("--model", "-m", required=True, help=".keras, .h5 (ours or official), .tflite, or a "
-                             "released checkpoint name such as GhostFaceNetV1-0.5-2")
-        command.add_argument("--detector", default="mtcnn", help="'mtcnn' (default) or 'none' for aligned crops")
-        command.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
-        command.add_argument("--model-name", help="registry name used to pick the default threshold")
-        command.add_argument("--verbose", "-v", action="store_true")
-    for command in (verify, identify):
-        command.add_argument("--threshold", type=float, help="cosine threshold (default: per model, see docs)")
-    return parser
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
-                            threshold=getattr(args, "threshold", None), model_name=args.model_name)
-    if args.command == "verify":
-        similarity, same = embedder.verify(args.image_a, args.image_b)
-        verdict = "same person" if same else "different people"
-        print(f"similarity {similarity:.4f}  threshold {embedder.threshold:.2f}  ->  {verdict}")
-        return 0
-    if args.command == "embed":
-        embeddings = embedder.embed_batch(args.images, skip_missing=args.skip_missing, progress=len(args.images) > 1)
-        _save_embeddings(Path(args.output), embeddings, args.images)
-        missing = int(np.isnan(embeddings).any(axis=1).sum())
-        print(f"wrote {len(embeddings)} x {embeddings.shape[1]} embeddings to {args.output}"
-              + (f" ({missing} photos without a face are NaN rows)" if missing else ""))
-        return 0
-    gallery = (Gallery.load(args.gallery) if str(args.gallery).endswith(".npz")
-               else embedder.build_gallery(args.gallery, progress=True))
-    if args.save_gallery:
-        gallery.save(args.save_gallery)
-    for rank, match in enumerate(embedder.identify(args.probe, gallery, top_k=args.top_k), start=1):
-        verdict = "match" if match.same else "below threshold"
-        print(f"{rank}. {match.name}  similarity {match.similarity:.4f}  ({verdict}; {match.path})")
-    return 0
-
-
-def _save_embeddings(output: Path, embeddings: np.ndarray, images: Sequence[str]) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp")
-    with open(temporary, "wb") as handle:
-        np.save(handle, embeddings)
-    os.replace(temporary, output)
-    order_file = output.with_suffix(".txt")
-    order_file.write_text("\n".join(str(image) for image in images) + "\n", encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ghostface` console script; returns the exit status.
-
-    Example:
-        >>> main(["verify", "a.jpg", "b.jpg", "--model", "model.keras"])
-        similarity 0.7012  threshold 0.30  ->  same person
-        0
-    """
-    args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        return _run_command(args)
-    except GhostFaceError as error:
-        print(f"ghostface: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("ghostface: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -233,8 +233,11 @@ class AdaFace(_MarginLoss):
     Example:
         >>> import numpy as np
         >>> loss = AdaFace()
-        >>> float(loss(np.array([0]), np.array([[0.8, 0.1, -20.0]], dtype="float32"))) > 0
-        True
+        >>> y_pred = np.array([[0.5, 0.3, -20.0]], dtype="float32")  # 2 cosines, then -||x|| = -20 (the running mean)
+        >>> round(float(loss(np.array([0]), y_pred)), 2)   # z = 0: target 0.5 - m = 0.1, loss ~ 64 * (0.3 - 0.1)
+        12.8
+        >>> float(loss.running_mean), float(loss.running_std)   # updated: std 0.99 * 100 + 0.01 * 0 (one sample)
+        (20.0, 99.0)
     """
 
     needs_norm = True

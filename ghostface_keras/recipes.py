@@ -152,7 +152,7 @@ def official_stages(config: TrainingConfig, steps_per_epoch: int):
         >>> [(s["epochs"], s["loss"].scale) for s in stages]
         [(1, 32.0), (4, 64.0)]
     """
-    from ghostface_keras.callbacks import HeadFirstSchedule, build_schedule
+    from ghostface_keras.schedules import HeadFirstSchedule, build_schedule
     from ghostface_keras.losses import get_margin_loss
     from ghostface_keras.optimizers import build_optimizer
 
@@ -191,24 +191,20 @@ def official_stages(config: TrainingConfig, steps_per_epoch: int):
 
 
 def fine_tuning_model(path: str | os.PathLike):
-    """A pretrained embedding model to fine-tune: official `.h5` or `.keras`, BatchNorm statistics frozen.
+    """A pretrained embedding model to fine-tune (anything `load_model` reads as Keras: official `.h5`, `.keras`,
+    a released checkpoint name), BatchNorm statistics frozen.
 
     Small, single-domain fine-tuning batches would shift the pretrained BatchNorm statistics.
     """
     import keras
 
-    path = Path(path)
-    if not path.is_file():
-        raise GhostFaceError(f"--init-from {path}: no such file")
-    if path.suffix == ".h5":
-        from ghostface_keras.convert import load_official
+    from ghostface_keras.loading import load_model
 
-        model = load_official(str(path))
-    else:
-        try:
-            model = keras.saving.load_model(str(path), compile=False)
-        except Exception as error:  # noqa: BLE001 - Keras raises many types for a bad file
-            raise GhostFaceError(f"--init-from {path}: not a loadable Keras model ({error})") from error
+    loaded = load_model(path, identify=False)
+    model = loaded.keras_model
+    if model is None:
+        raise GhostFaceError(f"--init-from {path}: a {loaded.format} file cannot be trained; give a .keras or .h5 "
+                             "model, or a released checkpoint name")
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
@@ -375,9 +371,9 @@ def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
         logger.info("initializing the head at the class-mean embeddings")
         trainer.initialize_head(class_mean_embeddings(model, train_data, num_classes))
     if cluster.is_writer:
-        from ghostface_keras.callbacks import write_atomically
+        from ghostface_keras.files import write_atomically
 
-        write_atomically(output / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config.to_dict(), indent=1)))
+        write_atomically(output / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
     records = trainer.fit(stages)
     exported = None
     if config.export_tflite and cluster.is_writer:

@@ -13,13 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import re
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import keras
 
+from ghostface_keras.checkpoints import canonical_name
 from ghostface_keras.errors import ModelNameError
 from ghostface_keras.models.ghostfacenet import GhostFaceNetV1, GhostFaceNetV2
 from ghostface_keras.models.ghostnet import GhostNetV1, GhostNetV2
@@ -52,6 +52,10 @@ class ModelSpec:
         """Build the model with the registered config, `overrides` taking precedence."""
         config = dict(self.config)
         config.setdefault("input_shape", self.input_shape)
+        # an override under a deprecated name (e.g. strides=) replaces the config's new name (stem_strides)
+        for old, new in getattr(self.builder, "renamed_arguments", {}).items():
+            if old in overrides and new not in overrides:
+                config.pop(new, None)
         config.update(overrides)
         return self.builder(**config)
 
@@ -98,7 +102,7 @@ def _ghostfacenet_specs() -> List[ModelSpec]:
         specs.append(ModelSpec(
             name=f"GhostFaceNetV1-{width:g}-{stride}",
             builder=GhostFaceNetV1,
-            config={"width": width, "strides": stride, "use_bias": bias},
+            config={"width": width, "stem_strides": stride, "use_bias": bias},
             reported=reported,
             source=OFFICIAL_README if reported else "",
             pretrained=release,
@@ -108,7 +112,7 @@ def _ghostfacenet_specs() -> List[ModelSpec]:
         specs.append(ModelSpec(
             name=f"GhostFaceNetV2-{width:g}-{stride}",
             builder=GhostFaceNetV2,
-            config={"width": width, "strides": stride, "use_bias": False},
+            config={"width": width, "stem_strides": stride, "use_bias": False},
             reported=reported,
             source=OFFICIAL_README if reported else "",
             notes="no official weights released",
@@ -136,12 +140,6 @@ def _other_specs() -> List[ModelSpec]:
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
-
-
-def canonical_name(name: str) -> str:
-    """Case-folded name with widths normalized ("1.0" -> "1"), so equivalent spellings match."""
-    key = name.strip().lower()
-    return re.sub(r"-(\d+)\.0(?=-|$)", r"-\1", key)
 
 
 def register_model(spec: ModelSpec) -> None:
@@ -183,27 +181,55 @@ def list_models(pattern: str = "") -> List[str]:
     return [spec.name for spec in _REGISTRY.values() if pattern.lower() in spec.name.lower()]
 
 
-def create_model(name: str, **overrides) -> keras.Model:
+def create_model(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides) -> keras.Model:
     """Build a registered model by its paper name; keyword arguments override its defaults.
+
+    Args:
+        name: a registered name (`list_models()`), case-insensitive.
+        pretrained: `False` (random initialization); `True`, the released checkpoint of this model
+            (the best reported one, `ghostface_keras.pretrained.get_checkpoint(name)`; downloaded once and
+            cached); or a checkpoint name (`list_pretrained()`) or the path of a `.keras`, Keras-3
+            `.weights.h5` or official `.h5` file. Loaded through the builder's `weights=`.
+        **overrides: builder arguments replacing the registered configuration.
+
+    Raises:
+        ModelNameError: unknown model, or `pretrained=True` for a model without released weights.
+        ModelLoadError: weights that do not fit the model (e.g. an override changing the architecture).
 
     Example:
         >>> model = create_model("GhostFaceNetV2-1.3-2", embedding_size=256)
         >>> model.output_shape
         (None, 256)
+        >>> model = create_model("GhostFaceNetV1-1.3-1", pretrained=True)          # doctest: +SKIP
+        >>> model = create_model("GhostFaceNetV1-0.5-2", pretrained="GN_W0.5_S2_ArcFace_epoch16.h5")  # doctest: +SKIP
     """
-    return get_model_spec(name).build(**overrides)
+    spec = get_model_spec(name)
+    if pretrained is False or pretrained is None:
+        return spec.build(**overrides)
+    if "weights" in overrides:
+        raise TypeError("create_model() got both pretrained= and weights=; pass only one")
+    if pretrained is True:
+        from ghostface_keras.pretrained import get_checkpoint
+
+        try:
+            pretrained = get_checkpoint(spec.name).name
+        except ModelNameError:
+            released = [other.name for other in _REGISTRY.values() if other.pretrained]
+            raise ModelNameError(f"no released checkpoint for {spec.name}; models with released weights: "
+                                 f"{', '.join(released)}") from None
+    elif not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(f"pretrained must be a bool, a checkpoint name or a path, got {type(pretrained).__name__}")
+    return spec.build(weights=pretrained, **overrides)
 
 
-def model_zoo_table(names: Optional[List[str]] = None):
-    """A pandas DataFrame of name, params, MFLOPs (MACs), input, reported accuracy for `names`
-    (default: every registered model). Builds each model once to count it.
+def model_zoo_table(names: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    """One row per model: name, params, MFLOPs (MACs), input, reported accuracy, released weights (default:
+    every registered model). Builds each model once to count it; `ghostface_keras.tables` prints the rows.
 
     Example:
-        >>> model_zoo_table(["MobileFaceNet"]).loc[0, "params"]
+        >>> model_zoo_table(["MobileFaceNet"])[0]["params"]
         1220864
     """
-    import pandas as pd
-
     from ghostface_keras.flops import count_flops
 
     rows = []
@@ -219,30 +245,4 @@ def model_zoo_table(names: Optional[List[str]] = None):
             "weights": spec.pretrained or "-",
         })
         keras.backend.clear_session()
-    return pd.DataFrame(rows)
-
-
-def _markdown(table) -> str:
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """`ghostface-zoo`: print the model-zoo table (params, MFLOPs, reported accuracy)."""
-    parser = argparse.ArgumentParser(description="Print the ghostface_keras model zoo.")
-    parser.add_argument("pattern", nargs="?", default="", help="only models whose name contains this")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
-    args = parser.parse_args(argv)
-    names = list_models(args.pattern)
-    if not names:
-        print(f"no model matches {args.pattern!r}")
-        return 1
-    table = model_zoo_table(names)
-    print(_markdown(table) if args.markdown else table.to_string(index=False))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return rows

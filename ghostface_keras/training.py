@@ -28,13 +28,13 @@ from ghostface_keras.callbacks import (
     EpochStartLearningRate,
     HistoryWriter,
     NaNGuard,
-    ShiftedSchedule,
     StepLossLog,
     StopAtAccuracy,
     VerificationCallback,
     load_history,
-    write_atomically,
 )
+from ghostface_keras.files import write_atomically
+from ghostface_keras.schedules import ShiftedSchedule
 from ghostface_keras.distribution import (
     Cluster,
     broadcast_arrays_from_writer,
@@ -133,7 +133,7 @@ class Trainer:
         train_data: a `tf.data.Dataset` of `(normalized images, int labels)` batches (global batch size).
         num_classes: identities in `train_data`.
         output_dir: where history, models and the training state go (created if missing).
-        schedule: LR as a function of the global batch index (e.g. `callbacks.CosineRestarts`); None keeps
+        schedule: LR as a function of the global batch index (e.g. `schedules.CosineRestarts`); None keeps
             each optimizer's own learning rate.
         steps_per_epoch: batches per epoch; inferred from the dataset's cardinality when None.
         pair_sets: `{name: (uint8 images, issame)}` verification sets evaluated every `eval_every` epochs.
@@ -388,7 +388,7 @@ class Trainer:
                 "stage": stage_index, "best": self.progress.best, "extra": self.progress.extra}
         arrays["meta"] = np.array(json.dumps(meta))
 
-        def write(path: str) -> None:
+        def write(path: Path) -> None:
             with open(path, "wb") as handle:
                 np.savez(handle, **arrays)
 
@@ -443,7 +443,7 @@ class Trainer:
             return target
         trainable = self.embedding_model.trainable
         self.embedding_model.trainable = True  # the saved model is a plain, fully trainable model
-        write_atomically(target, lambda p: self.embedding_model.save(p))
+        write_atomically(target, lambda p: self.embedding_model.save(str(p)))
         self._set_backbone_trainable(trainable)
         return target
 

@@ -157,7 +157,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path):
     bad.write_bytes(b"\x00" * 10)
     result = subprocess.run([sys.executable, "-m", "ghostface_keras.convert", str(bad), str(tmp_path / "o.keras")],
                             capture_output=True, text=True, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "bad.h5" in result.stderr and "Traceback" not in result.stderr
 
 

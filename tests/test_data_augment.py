@@ -216,3 +216,192 @@ def test_resolve_augmentation_forms():
 def test_unknown_level_is_a_data_error():
     with pytest.raises(DataError, match="unknown augmentation level"):
         build_augmentation("sepia")
+
+
+# ------------------------------------------------------------------------------------------------
+# Levels 2 and 3 as a whole, against an independent numpy computation (docs/data.md "Augmentation levels")
+# ------------------------------------------------------------------------------------------------
+def _numpy_fmix32(value):
+    value = value ^ (value >> np.uint32(16))
+    value = value * np.uint32(0x85EBCA6B)
+    value = value ^ (value >> np.uint32(13))
+    value = value * np.uint32(0xC2B2AE35)
+    return value ^ (value >> np.uint32(16))
+
+
+def _numpy_bits(seed, op_index, draw, keys):
+    """docs/data.md: murmur3's 32-bit finalizer applied twice, to the key's low half xor the draw's constant,
+    then xor the high half times the golden-ratio constant; computed here with numpy's wrapping uint32."""
+    from ghostface_keras.data.augment import draw_constant
+
+    keys = np.asarray(keys, np.uint64)
+    low = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    high = (keys >> np.uint64(32)).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        inner = _numpy_fmix32(low ^ np.uint32(draw_constant(seed, op_index, draw)))
+        return _numpy_fmix32(inner ^ (high * np.uint32(0x9E3779B9)))
+
+
+def _numpy_uniform(seed, op_index, draw, keys, low=0.0, high=1.0):
+    """Top 24 bits as a float in [0, 1), scaled to [low, high)."""
+    return low + (_numpy_bits(seed, op_index, draw, keys) >> np.uint32(8)).astype(np.float64) * 2.0**-24 * (high - low)
+
+
+def _numpy_integers(seed, op_index, draw, keys, count):
+    return ((_numpy_bits(seed, op_index, draw, keys) >> np.uint32(8)).astype(np.int64) * count) >> 24
+
+
+def _numpy_crop_resize(image, top, left, crop, size):
+    """Bilinear resampling of the crop x crop window at (top, left) to size x size, first and last pixel
+    centres of the window on the first and last output pixels (tf.image.crop_and_resize's box convention)."""
+    positions = np.arange(size) * (crop - 1) / (size - 1)
+    rows, cols = top + positions, left + positions
+    r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    r1, c1 = np.minimum(r0 + 1, image.shape[0] - 1), np.minimum(c0 + 1, image.shape[1] - 1)
+    wr, wc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    top_row = image[r0][:, c0] * (1 - wc) + image[r0][:, c1] * wc
+    bottom_row = image[r1][:, c0] * (1 - wc) + image[r1][:, c1] * wc
+    return top_row * (1 - wr) + bottom_row * wr
+
+
+def _numpy_level(level, images, keys, seed, crop_size=100):
+    """docs/data.md's parameters of a level, applied in the library's op order: flip, brightness, contrast,
+    saturation, (crop,) clip; each op's draws keyed by its position in that order."""
+    from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+    spread, max_delta = 0.1 * level, 12.75 * level
+    out = []
+    flips = _numpy_uniform(seed, 0, 0, keys) < 0.5
+    deltas = _numpy_uniform(seed, 1, 0, keys, -max_delta, max_delta)
+    contrasts = _numpy_uniform(seed, 2, 0, keys, 1 - spread, 1 + spread)
+    saturations = _numpy_uniform(seed, 3, 0, keys, 1 - spread, 1 + spread)
+    for index, image in enumerate(np.asarray(images, np.float64)):
+        x = image[:, ::-1] if flips[index] else image
+        x = x + deltas[index]
+        mean = x.mean(axis=(0, 1))
+        x = (x - mean) * contrasts[index] + mean
+        hsv = rgb_to_hsv(np.clip(x, 0, 255) / 255.0)
+        hsv[..., 1] = np.clip(hsv[..., 1] * saturations[index], 0, 1)
+        x = hsv_to_rgb(hsv) * 255.0
+        if level >= 3:
+            slack = x.shape[0] - crop_size + 1
+            top = _numpy_integers(seed, 4, 0, keys[index : index + 1], slack)[0]
+            left = _numpy_integers(seed, 4, 1, keys[index : index + 1], x.shape[1] - crop_size + 1)[0]
+            x = _numpy_crop_resize(x, top, left, crop_size, image.shape[0])
+        out.append(np.clip(x, 0, 255))
+    return np.stack(out)
+
+
+def _face_like(count, seed=0):
+    """Smooth, coloured, in-range pixels (synthetic faces): contrast and saturation changes are visible."""
+    from ghostface_keras.data import render_synthetic_faces
+
+    pixels, _ = render_synthetic_faces(count, 1, seed=seed)
+    return pixels.astype(np.float32)
+
+
+def test_keyed_draws_equal_the_documented_hash_computed_in_numpy():
+    keys = np.array([0, 1, 2, 12345, 2**32 - 1, 2**32, 3 * 2**32 + 17, 2**40 + 5], np.int64)
+    for seed, op_index, draw in [(0, 0, 0), (11, 3, 1), (2**40 + 3, 5, 2)]:
+        draws = Draws(seed=seed, op_index=op_index, keys=tf.constant(keys))
+        np.testing.assert_array_equal(draws.bits(draw).numpy(), _numpy_bits(seed, op_index, draw, keys))
+        np.testing.assert_array_equal(draws.integers(draw, 13).numpy(), _numpy_integers(seed, op_index, draw, keys, 13))
+
+
+@pytest.mark.parametrize("level", [2, 3])
+def test_level_equals_its_documented_ops_with_the_keyed_parameters(level):
+    """Each image's output = flip, brightness, contrast, saturation (level 3: and the 100x100 window resized
+    back) with docs/data.md's parameters, computed independently in numpy (matplotlib's HSV)."""
+    images = _face_like(12)
+    keys = np.arange(12, dtype=np.int64) + 5 * 2**32 + 40  # epoch 5, positions 40..51
+    ours = build_augmentation(level, seed=21)(images, tf.constant(keys)).numpy()
+    expected = _numpy_level(level, images, keys, seed=21)
+    assert ours.shape == expected.shape == (12, 112, 112, 3)
+    np.testing.assert_allclose(ours, expected, atol=0.01)
+    assert np.abs(ours - expected).mean() < 0.001
+    # not a tautology: the same images under another seed are far from this reference
+    other = build_augmentation(level, seed=22)(images, tf.constant(keys)).numpy()
+    assert np.abs(other - expected).mean() > 1.0
+
+
+@pytest.mark.parametrize("level", [2, 3])
+def test_level_brightness_delta_fills_its_documented_range(level):
+    """Mid-grey images: contrast (around the channel mean), saturation (S = 0) and the crop change nothing,
+    so out - 128 is the image's brightness delta: one value per image, ~ U(-12.75 level, 12.75 level)."""
+    grey = np.full((600, 112, 112, 3), 128.0, np.float32)
+    out = build_augmentation(level, seed=level)(grey, _keys(600)).numpy()
+    deltas = out - 128.0
+    per_image = deltas[:, 56, 56, 0]
+    np.testing.assert_allclose(deltas, np.broadcast_to(per_image[:, None, None, None], deltas.shape), atol=1e-3)
+    bound = 12.75 * level
+    assert np.abs(per_image).max() <= bound + 1e-3 and np.abs(per_image).max() > 0.97 * bound
+    assert abs(per_image.mean()) < 0.1 * bound and abs(per_image.std() - bound / np.sqrt(3)) < 0.08 * bound
+
+
+def test_level_2_contrast_factor_is_uniform_in_0_8_to_1_2():
+    """Grey ramps (R = G = B: saturation is a no-op) that never clip: the spread of each output around its
+    mean is the input's times the image's contrast factor, ~ U(0.8, 1.2) and different per image."""
+    ramp = np.linspace(100.0, 156.0, 112, dtype=np.float32)
+    images = np.broadcast_to(ramp[None, :, None, None], (400, 112, 112, 3)).copy()
+    out = build_augmentation(2, seed=8)(images, _keys(400)).numpy()
+    factors = out[..., 0].std(axis=(1, 2)) / images[..., 0].std(axis=(1, 2))
+    assert factors.min() >= 0.8 - 1e-4 and factors.max() <= 1.2 + 1e-4
+    assert factors.min() < 0.81 and factors.max() > 1.19 and abs(factors.mean() - 1.0) < 0.02
+    assert len(np.unique(factors.round(5))) > 390
+
+
+def test_level_2_saturation_factor_is_uniform_in_0_8_to_1_2():
+    """Single-colour images: contrast is a no-op (every pixel is the mean), so HSV saturation after the
+    level / before it, with the same brightness delta applied, is the image's factor ~ U(0.8, 1.2)."""
+    from matplotlib.colors import rgb_to_hsv
+
+    colour = np.array([150.0, 110.0, 90.0], np.float32)  # S = 0.4: scaled by 1.2 it stays below 1
+    images = np.broadcast_to(colour, (400, 8, 8, 3)).copy()
+    keys = np.arange(400, dtype=np.int64)
+    out = build_augmentation(2, seed=9)(images, tf.constant(keys)).numpy()[:, 0, 0]
+    brightened = np.clip(colour[None] + _numpy_uniform(9, 1, 0, keys, -25.5, 25.5)[:, None], 0, 255)
+    factors = rgb_to_hsv(out / 255.0)[:, 1] / rgb_to_hsv(brightened / 255.0)[:, 1]
+    assert factors.min() >= 0.8 - 1e-3 and factors.max() <= 1.2 + 1e-3
+    assert factors.min() < 0.81 and factors.max() > 1.19 and abs(factors.mean() - 1.0) < 0.02
+
+
+def test_level_3_window_is_resized_back_with_its_corners_kept():
+    """A linear ramp image: bilinear resampling is exact on it, so each output row / column reads
+    top + i * 99 / 111 of the input: a 100-pixel window at an integer offset in 0..12, corners kept."""
+    rows = np.arange(112, dtype=np.float32)[:, None] * np.ones((1, 112), np.float32)
+    ramp = np.stack([rows * 2, rows.T * 2, np.full((112, 112), 7.0, np.float32)], axis=-1)
+    out = Augmentation([RandomCropResize(100, 112)], seed=4)(np.repeat(ramp[None], 200, 0), _keys(200)).numpy()
+    tops, lefts = out[:, 0, 0, 0] / 2, out[:, 0, 0, 1] / 2
+    np.testing.assert_allclose(tops, np.round(tops), atol=1e-3)
+    np.testing.assert_allclose(lefts, np.round(lefts), atol=1e-3)
+    assert set(np.round(tops).astype(int)) == set(range(13)) and set(np.round(lefts).astype(int)) == set(range(13))
+    spacing = np.arange(112) * 99 / 111
+    np.testing.assert_allclose(out[:, :, 0, 0] / 2, tops[:, None] + spacing, atol=1e-3)
+    np.testing.assert_allclose(out[:, 0, :, 1] / 2, lefts[:, None] + spacing, atol=1e-3)
+    np.testing.assert_allclose(out[:, -1, -1, :2] / 2, np.stack([tops, lefts], 1) + 99, atol=1e-3)
+    np.testing.assert_array_equal(out[..., 2], 7.0)
+
+
+@pytest.mark.parametrize("level", [2, 3])
+def test_pipeline_keys_each_image_by_epoch_and_position(level, tmp_path):
+    """docs/data.md: the pipeline keys an image by epoch * 2**32 + its position in the epoch's order, so
+    with a seed every epoch is reproducible and epochs differ: epoch e of a level-2/3 dataset equals the
+    level applied to the raw pixels with those keys."""
+    from PIL import Image
+
+    from ghostface_keras.data import image_folder_dataset
+
+    for index, face in enumerate(_face_like(6, seed=3).astype(np.uint8)):
+        folder = tmp_path / f"id{index // 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(face).save(folder / f"{index}.png")
+    raw = np.concatenate([b.numpy() for b, _ in image_folder_dataset(tmp_path, 3, shuffle=False, normalize=False)])
+    dataset = image_folder_dataset(tmp_path, 3, shuffle=False, normalize=False, augment=level, seed=13)
+    epochs = [np.concatenate([b.numpy() for b, _ in dataset]) for _ in range(2)]
+    augmentation = build_augmentation(level, seed=13)
+    for epoch, images in enumerate(epochs):
+        keys = tf.constant(epoch * 2**32 + np.arange(6, dtype=np.int64))
+        np.testing.assert_array_equal(images, augmentation(raw, keys).numpy())
+    assert np.abs(epochs[0] - epochs[1]).mean() > 1.0
+    again = image_folder_dataset(tmp_path, 3, shuffle=False, normalize=False, augment=level, seed=13)
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b, _ in again]), epochs[0])

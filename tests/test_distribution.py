@@ -99,7 +99,7 @@ def run_cli(args, backend="tensorflow", timeout=120, **env):
 
 def assert_one_line_exit_2(done, *fragments):
     assert done.returncode == 2, done.stderr[-1500:]
-    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("ghostface-train: error:")]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-1500:]
     for fragment in fragments:
         assert fragment in lines[0]

@@ -16,9 +16,8 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 from sklearn.model_selection import KFold  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))  # eval.py is a top-level module of the checkout
 
-import eval as eval_cli  # noqa: E402
+from ghostface_keras.cli import evaluate as eval_cli  # noqa: E402
 from ghostface_keras.evaluation import evaluate_verification  # noqa: E402
 from ghostface_keras.preprocessing import normalize_images  # noqa: E402
 
@@ -122,16 +121,16 @@ def test_eval_cli_rfw_and_folder(tiny_model_path, tmp_path):
 def test_wrong_model_and_bad_bin_give_one_line_errors(tiny_model_path, bins, tmp_path, capsys):
     status = eval_cli.main(["--model", str(tmp_path / "nope.keras"), "--bins", *bins, "--output", str(tmp_path)])
     error = capsys.readouterr().err.strip().splitlines()
-    assert status == 1 and error == [f"ghostface-eval: error: {tmp_path / 'nope.keras'}: model file or folder not found"]
+    assert status == 2 and error == [f"ghostface-eval: error: {tmp_path / 'nope.keras'}: model file not found"]
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x80\x04garbage")
     status = eval_cli.main(["--model", str(tiny_model_path), "--bins", str(bad), "--output", str(tmp_path),
                             "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()
-    assert status == 1 and len(error) == 1 and "bad.bin" in error[0]
+    assert status == 2 and len(error) == 1 and "bad.bin" in error[0]
     status = eval_cli.main(["--model", str(tiny_model_path), "--bins", str(tmp_path / "missing.bin"),
                             "--output", str(tmp_path), "--quiet"])
-    assert status == 1 and "missing.bin: .bin file not found" in capsys.readouterr().err
+    assert status == 2 and "missing.bin: .bin file not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a fresh interpreter importing TensorFlow: ~25 s on a busy 2-core machine
@@ -139,7 +138,7 @@ def test_script_runs_as_a_program_and_fails_cleanly(tmp_path):
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "eval.py"), "--model", str(tmp_path / "x.tflite"),
                              "--bins", "a.bin", "--output", str(tmp_path)], capture_output=True, text=True,
                             cwd=PROJECT_ROOT, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("ghostface-eval: error:")
 

@@ -15,6 +15,7 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
 from ghostface_keras import export  # noqa: E402
+from ghostface_keras.cli import export as export_cli  # noqa: E402
 from ghostface_keras.errors import ExportError  # noqa: E402
 from ghostface_keras.export.int8_rewrite import _decomposed_prelu_layer  # noqa: E402
 from ghostface_keras.preprocessing import denormalize_images, normalize_images  # noqa: E402
@@ -288,7 +289,7 @@ def _image_folder(root, images):
 def test_cli_int8_with_calibration_folder(saved_keras_file, images, tmp_path, capsys):
     faces = _image_folder(tmp_path / "faces", images)
     output = tmp_path / "out.tflite"
-    code = export.main(["--model", str(saved_keras_file), "--format", "tflite", "--quantization", "int8",
+    code = export_cli.main(["--model", str(saved_keras_file), "--format", "tflite", "--quantization", "int8",
                         "--calibration-data", str(faces), "--calibration-size", "8", "--parity-size", "4",
                         "--threads", "1", "--output", str(output)])
     printed = capsys.readouterr().out
@@ -299,7 +300,7 @@ def test_cli_int8_with_calibration_folder(saved_keras_file, images, tmp_path, ca
 @pytest.mark.parametrize("quantization", ["float16", "dynamic"])
 def test_cli_exits_1_when_parity_fails(saved_keras_file, tmp_path, monkeypatch, capsys, quantization):
     monkeypatch.setitem(export.PARITY_THRESHOLDS, quantization, {"min_cosine": 1.5})
-    code = export.main(["--model", str(saved_keras_file), "--quantization", quantization, "--parity-size", "2",
+    code = export_cli.main(["--model", str(saved_keras_file), "--quantization", quantization, "--parity-size", "2",
                         "--threads", "1", "--output", str(tmp_path / "q.tflite")])
     error = capsys.readouterr().err
     assert code == 1 and "parity FAILED" in error
@@ -318,7 +319,7 @@ def test_cli_exits_1_when_parity_fails(saved_keras_file, tmp_path, monkeypatch, 
 )
 def test_cli_errors_are_one_line(saved_keras_file, tmp_path, capsys, arguments, message):
     argv = ["--model", str(saved_keras_file), "--output", str(tmp_path / "o.tflite")] + arguments
-    assert export.main(argv) == 2
+    assert export_cli.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error and error.startswith("ghostface-export: error:")
 

@@ -13,14 +13,15 @@ from PIL import Image
 pytest.importorskip("mtcnn")
 
 from ghostface_keras.errors import NoFaceError  # noqa: E402
-from ghostface_keras.inference import FaceEmbedder, main  # noqa: E402
+from ghostface_keras.cli.face import main  # noqa: E402
+from ghostface_keras.inference import FaceEmbedder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory) -> Path:
     keras.utils.set_random_seed(11)
     inputs = keras.Input((112, 112, 3))
-    outputs = keras.layers.Dense(8)(keras.layers.GlobalAveragePooling2D()(inputs))
+    outputs = keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs))
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
     keras.Model(inputs, outputs).save(path)
     return path
@@ -42,7 +43,7 @@ def test_blank_photo_raises_no_face_error_naming_it(tiny_model_file, blank_photo
 def test_blank_photo_gives_a_clean_cli_message(tiny_model_file, blank_photo, capsys):
     status = main(["verify", str(blank_photo), str(blank_photo), "--model", str(tiny_model_file)])
     captured = capsys.readouterr()
-    assert status == 1
+    assert status == 2
     assert captured.err == f"ghostface: error: {blank_photo}: no face found\n"
     assert "Traceback" not in captured.out + captured.err
 
@@ -66,7 +67,7 @@ def test_official_checkpoint_on_deepface_pairs(data_dir):
     folder = data_dir / "deepface_verification_pairs"
     if not checkpoint.is_file() or not folder.is_dir():
         pytest.skip("official checkpoint or deepface pairs not available")
-    embedder = FaceEmbedder(convert.load_official(str(checkpoint)), model_name="GhostFaceNetV1-0.5-2")
+    embedder = FaceEmbedder(convert.load_official(str(checkpoint)))
 
     with open(folder / "master.csv", newline="") as handle:
         pairs = [(row["file_x"], row["file_y"], row["Decision"] == "Yes") for row in csv.DictReader(handle)]

@@ -14,11 +14,11 @@ import ghostface_keras as g
 from ghostface_keras.blocks import BilinearResize, LayerSettings, dfc_attention, make_divisible
 
 OFFICIAL_BUILDS = {
-    "ghostfacenetv1-w1.0-s2": lambda: g.GhostFaceNetV1(width=1.0, strides=2),
-    "ghostfacenetv1-w1.3-s2": lambda: g.GhostFaceNetV1(width=1.3, strides=2),
-    "ghostfacenetv1-w1.3-s1": lambda: g.GhostFaceNetV1(width=1.3, strides=1, use_bias=True),
-    "ghostfacenetv2-w1.3-s2": lambda: g.GhostFaceNetV2(width=1.3, strides=2),
-    "ghostfacenetv2-w1.3-s1": lambda: g.GhostFaceNetV2(width=1.3, strides=1),
+    "ghostfacenetv1-w1.0-s2": lambda: g.GhostFaceNetV1(width=1.0, stem_strides=2),
+    "ghostfacenetv1-w1.3-s2": lambda: g.GhostFaceNetV1(width=1.3, stem_strides=2),
+    "ghostfacenetv1-w1.3-s1": lambda: g.GhostFaceNetV1(width=1.3, stem_strides=1, use_bias=True),
+    "ghostfacenetv2-w1.3-s2": lambda: g.GhostFaceNetV2(width=1.3, stem_strides=2),
+    "ghostfacenetv2-w1.3-s1": lambda: g.GhostFaceNetV2(width=1.3, stem_strides=1),
 }
 
 
@@ -116,7 +116,7 @@ def test_dfc_attention_floors_odd_sizes_and_restores_them():
 def test_v2_eager_call_uses_inference_batchnorm():
     """`model(x)` must equal `model(x, training=False)`: keras.layers.Resizing (a preprocessing layer whose
     call defaults to training=True) used to switch every later BatchNorm of an eager call to batch statistics."""
-    model = g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3), strides=1)
+    model = g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3), stem_strides=1)
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -139,7 +139,7 @@ def test_v1_stride2_uses_tensorflow_same_padding_and_v2_symmetric_padding():
 
 @pytest.mark.parametrize("build", [
     lambda: g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3)),
-    lambda: g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3), strides=1),
+    lambda: g.GhostFaceNetV2(width=0.5, input_shape=(64, 64, 3), stem_strides=1),
     lambda: g.MobileFaceNet(width=0.25, input_shape=(64, 64, 3)),
     lambda: g.GhostNetV1(width=0.5, input_shape=(64, 64, 3), num_classes=7),
 ])
@@ -216,3 +216,15 @@ def test_readme_model_zoo_table_is_the_registry():
     assert sorted(table) == sorted(g.list_models())
     assert table["MobileFaceNet"] == g.MobileFaceNet().count_params()
     assert table["GhostFaceNetV2-1.3-2"] == 6839104
+
+
+def test_zoo_command_prints_the_registry_rows(capsys):
+    from ghostface_keras.cli import zoo
+
+    assert zoo.main(["MobileFaceNet", "--markdown"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| name | params | MFLOPs | input | reported | weights |"
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines[2:]}
+    assert rows["MobileFaceNet"] == f"{g.MobileFaceNet().count_params():,}"
+    assert zoo.main(["NoSuchModel"]) == 2
+    assert capsys.readouterr().err.strip() == "ghostface-zoo: error: no model matches 'NoSuchModel'"

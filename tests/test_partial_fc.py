@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import keras
@@ -140,9 +139,8 @@ def test_trainer_partial_fc_stage_lowers_the_loss_and_refuses_sam(tmp_path):
 
 
 def test_train_cli_checks_the_partial_fc_rate(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("train_cli", Path(__file__).resolve().parents[1] / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from ghostface_keras.cli import train as cli
+
     assert cli.main(["--demo", "--partial-fc-rate", "1.5", "--output", str(tmp_path / "run")]) == 2
     assert "--partial-fc-rate must be in (0, 1]" in capsys.readouterr().err
     assert cli.main(["--demo", "--optimizer", "sam", "--partial-fc-rate", "0.5", "--output", str(tmp_path / "r")]) == 2

@@ -17,6 +17,7 @@ pytest.importorskip("tensorflow")
 from test_export import SIZE, _randomize, cosines, face_like_images, tiny_face_model  # noqa: E402
 
 from ghostface_keras import MobileFaceNet, export  # noqa: E402
+from ghostface_keras.cli import export as export_cli  # noqa: E402
 from ghostface_keras.errors import ExportError  # noqa: E402
 from ghostface_keras.export.quantization_aware import (  # noqa: E402
     ActivationQuantizer,
@@ -164,7 +165,7 @@ def test_cli_fine_tunes_before_int8_export(twins, calibration, held_out, tmp_pat
     model.save(model_file)
     faces = _image_folder(tmp_path / "faces", calibration[:24])
     output = tmp_path / "tuned.tflite"
-    code = export.main(["--model", str(model_file), "--quantization", "int8", "--calibration-data", str(faces),
+    code = export_cli.main(["--model", str(model_file), "--quantization", "int8", "--calibration-data", str(faces),
                         "--calibration-size", "16", "--fine-tune-steps", "3", "--parity-size", "4",
                         "--threads", "1", "--output", str(output)])
     assert code == 0, capsys.readouterr().err
@@ -186,10 +187,10 @@ def test_cli_fine_tune_errors(twins, tmp_path, capsys, arguments, message):
     argv = ["--model", str(model_file), "--output", str(tmp_path / "o.tflite")] + arguments
     if message is None:  # argparse refuses the value itself
         with pytest.raises(SystemExit) as stop:
-            export.main(argv)
+            export_cli.main(argv)
         assert stop.value.code == 2 and "must be >= 0" in capsys.readouterr().err
         return
-    assert export.main(argv) == 2
+    assert export_cli.main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
 
@@ -197,7 +198,7 @@ def test_cli_fine_tune_errors(twins, tmp_path, capsys, arguments, message):
 def test_cli_refuses_a_saved_twin(twins, tmp_path, capsys):
     path = tmp_path / "twin.keras"
     twins[1][1].save(path)
-    code = export.main(["--model", str(path), "--quantization", "int8", "--output", str(tmp_path / "o.tflite")])
+    code = export_cli.main(["--model", str(path), "--quantization", "int8", "--output", str(tmp_path / "o.tflite")])
     assert code == 2 and "quantization-aware twin" in capsys.readouterr().err
 
 

@@ -217,7 +217,7 @@ def test_a_killed_process_stops_the_other_and_both_resume_from_process_0s_state(
             worker.kill()
     assert workers[0].returncode == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: process 0 of 2") and "--resume" in last and "Traceback" not in err
+    assert last.startswith("ghostface-train: error: process 0 of 2") and "--resume" in last and "Traceback" not in err
     done = len(history(outputs[0]))
     assert 1 <= done < 3
 

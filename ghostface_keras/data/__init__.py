@@ -1,11 +1,16 @@
 """Data: training pipelines (identity folders, RecordIO), verification `.bin` files, augmentation, synthetic faces.
 
 Example:
-    >>> from ghostface_keras.data import image_folder_dataset, load_bin
-    >>> dataset = image_folder_dataset("faces/", batch_size=64, augment="brightness", seed=0)  # doctest: +SKIP
-    >>> dataset.class_names[:3], dataset.num_classes                                            # doctest: +SKIP
-    >>> images, issame = load_bin("lfw.bin")                                                     # doctest: +SKIP
-    >>> shard = image_folder_dataset("faces/", batch_size=64, seed=0, num_shards=4, shard_index=1)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from ghostface_keras.data import image_folder_dataset, load_bin, synthetic_faces
+    >>> faces = synthetic_faces(tempfile.mkdtemp(), num_identities=8, images_per_identity=4)   # faces/<identity>/
+    >>> dataset = image_folder_dataset(faces, batch_size=8, augment="brightness", seed=0)
+    >>> dataset.class_names[:3], dataset.num_classes
+    (['000000', '000001', '000002'], 8)
+    >>> images, issame = load_bin("lfw.bin")                                                  # doctest: +SKIP
+    >>> shard = image_folder_dataset(faces, batch_size=8, seed=0, num_shards=4, shard_index=1)
+    >>> shard.global_batch_size, next(iter(shard))[0].shape      # this process's quarter of each batch
+    (8, TensorShape([2, 112, 112, 3]))
     >>> build_augmentation("color", seed=0).op_names
     ['flip', 'brightness', 'contrast', 'saturation', 'clip']
 """

@@ -28,6 +28,7 @@ except ImportError:  # numpy 1.x
 
 from ghostface_keras.data.decode import decode_many
 from ghostface_keras.errors import DataError
+from ghostface_keras.files import write_atomically
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -86,9 +87,11 @@ def read_bin_entries(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     """The raw content of a `.bin`: the encoded images (as bytes) and the bool per pair, validated.
 
     Example:
-        >>> encoded, issame = read_bin_entries("lfw.bin")  # doctest: +SKIP
-        >>> len(encoded) == 2 * len(issame)                 # doctest: +SKIP
-        True
+        >>> import tempfile
+        >>> path = save_bin(f"{tempfile.mkdtemp()}/lfw.bin", np.zeros((4, 112, 112, 3), np.uint8), [True, False])
+        >>> encoded, issame = read_bin_entries(path)
+        >>> len(encoded) == 2 * len(issame), encoded[0][:4], issame.tolist()
+        (True, b'\\x89PNG', [True, False])
     """
     path = Path(path)
     try:
@@ -117,9 +120,12 @@ def load_bin(path: str | os.PathLike, image_size: int = 112) -> tuple[np.ndarray
     truncated or malformed file, or for an image entry that does not decode.
 
     Example:
-        >>> images, issame = load_bin("../shared/data/celeba_aligned112/val_pairs.bin")  # doctest: +SKIP
-        >>> images.shape, issame.shape                                                    # doctest: +SKIP
-        ((1200, 112, 112, 3), (600,))
+        >>> import tempfile
+        >>> pixels = np.zeros((4, 112, 112, 3), np.uint8)
+        >>> path = save_bin(f"{tempfile.mkdtemp()}/val_pairs.bin", pixels, [True, False])
+        >>> images, issame = load_bin(path)
+        >>> images.shape, issame.shape          # CelebA's val_pairs.bin: ((1200, 112, 112, 3), (600,))
+        ((4, 112, 112, 3), (2,))
     """
     encoded, issame = read_bin_entries(path)
     images, failures = decode_many(len(encoded), encoded.__getitem__, image_size, progress_label=f"Decoding {path}")
@@ -143,7 +149,9 @@ def save_bin(
 
     Example:
         >>> images = np.zeros((4, 112, 112, 3), np.uint8)
-        >>> save_bin("/tmp/two_pairs.bin", images, [True, False])  # doctest: +SKIP
+        >>> import tempfile
+        >>> save_bin(f"{tempfile.mkdtemp()}/two_pairs.bin", images, [True, False])
+        PosixPath('.../two_pairs.bin')
     """
     path = Path(path)
     issame = [bool(value) for value in issame]
@@ -155,12 +163,11 @@ def save_bin(
         encoded = [bytes(entry) for entry in images]
     if len(encoded) != 2 * len(issame):
         raise DataError(f"{path}: {len(encoded)} images for {len(issame)} pairs (expected exactly 2 per pair)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        pickle.dump((encoded, issame), handle, protocol=4)
-    os.replace(temporary, path)
-    return path
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            pickle.dump((encoded, issame), handle, protocol=4)
+
+    return write_atomically(path, write)
 
 
 def encode_image(image: np.ndarray, image_format: str = "PNG", quality: int = 95) -> bytes:

@@ -19,12 +19,10 @@ import tensorflow as tf
 
 from ghostface_keras.data.pipeline import ImageSource, build_dataset
 from ghostface_keras.errors import DataError
+from ghostface_keras.files import is_image_file, write_atomically
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pnm", ".tif", ".tiff"}
-)
 
 
 def natural_sort_key(name: str) -> tuple:
@@ -63,7 +61,12 @@ class FolderIndex:
         """Write the label <-> identity-folder mapping as CSV (`label,identity,images`), atomically.
 
         Example:
-            >>> scan_image_folder("faces/").save_class_names("run/classes.csv")  # doctest: +SKIP
+            >>> import tempfile
+            >>> from ghostface_keras.data import synthetic_faces
+            >>> faces = synthetic_faces(tempfile.mkdtemp(), num_identities=2, images_per_identity=3)
+            >>> path = scan_image_folder(faces).save_class_names(Path(tempfile.mkdtemp()) / "run" / "classes.csv")
+            >>> path.read_text().splitlines()
+            ['label,identity,images', '0,000000,3', '1,000001,3']
         """
         return save_class_names(csv_path, self.class_names, np.bincount(self.labels, minlength=self.num_classes))
 
@@ -86,16 +89,14 @@ class FolderIndex:
 
 def save_class_names(csv_path, class_names, counts=None) -> Path:
     """Write `label,identity[,images]` rows to `csv_path` atomically (temp file + rename)."""
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = csv_path.with_name(csv_path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "identity", "images"])
-        for label, name in enumerate(class_names):
-            writer.writerow([label, name, "" if counts is None else int(counts[label])])
-    os.replace(temporary, csv_path)
-    return csv_path
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["label", "identity", "images"])
+            for label, name in enumerate(class_names):
+                writer.writerow([label, name, "" if counts is None else int(counts[label])])
+
+    return write_atomically(csv_path, write)
 
 
 def scan_image_folder(path: str | os.PathLike) -> FolderIndex:
@@ -104,9 +105,11 @@ def scan_image_folder(path: str | os.PathLike) -> FolderIndex:
     Raises `DataError` if `path` is not a folder or holds no image in any identity folder.
 
     Example:
-        >>> index = scan_image_folder("../shared/data/celeba_aligned112/train")  # doctest: +SKIP
-        >>> index.num_classes, index.num_images                                   # doctest: +SKIP
-        (219, 4317)
+        >>> import tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> index = scan_image_folder(synthetic_faces(tempfile.mkdtemp(), num_identities=3, images_per_identity=2))
+        >>> index.num_classes, index.num_images          # CelebA's train folder: (219, 4317)
+        (3, 6)
     """
     root = Path(path)
     if not root.is_dir():
@@ -123,7 +126,7 @@ def scan_image_folder(path: str | os.PathLike) -> FolderIndex:
             for entry in entries:
                 if not entry.is_file():
                     continue
-                if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                if is_image_file(entry.name):
                     images.append(entry.path)
                 else:
                     skipped.append((entry.path, "not an image file"))
@@ -174,9 +177,15 @@ def image_folder_dataset(
     `num_shards` and `shard_index`; `cardinality()` is the number of batches per epoch.
 
     Example:
-        >>> dataset = image_folder_dataset("faces/", batch_size=64, augment="brightness", seed=0)  # doctest: +SKIP
-        >>> dataset.num_classes, dataset.class_names[:2]                                            # doctest: +SKIP
-        (219, ['7202', '7203'])
+        >>> import tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> faces = synthetic_faces(tempfile.mkdtemp(), num_identities=8, images_per_identity=4)
+        >>> dataset = image_folder_dataset(faces, batch_size=8, augment="brightness", seed=0)
+        >>> dataset.num_classes, dataset.class_names[:2]
+        (8, ['000000', '000001'])
+        >>> images, labels = next(iter(dataset))
+        >>> images.shape, labels.dtype
+        (TensorShape([8, 112, 112, 3]), tf.int32)
     """
     index = scan_image_folder(path)
     logger.info("%s: %d images of %d identities", index.root, index.num_images, index.num_classes)

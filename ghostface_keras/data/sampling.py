@@ -125,8 +125,13 @@ def class_balanced_dataset(
     `build_dataset`): shard s gets items [s*b, (s+1)*b) of every P x K batch, b = P * K // num_shards.
 
     Example:
-        >>> dataset = class_balanced_dataset("faces/", batch_size=64, images_per_identity=4, seed=0)  # doctest: +SKIP
-        >>> images, labels = next(iter(dataset))   # 16 identities x 4 images                           # doctest: +SKIP
+        >>> import tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> faces = synthetic_faces(tempfile.mkdtemp(), num_identities=8, images_per_identity=4)
+        >>> dataset = class_balanced_dataset(faces, batch_size=8, images_per_identity=4, seed=0)
+        >>> images, labels = next(iter(dataset))   # 2 identities x 4 images
+        >>> images.shape, np.unique(labels.numpy(), return_counts=True)[1].tolist()
+        (TensorShape([8, 112, 112, 3]), [4, 4])
     """
     if images_per_identity < 1 or batch_size < images_per_identity:
         raise DataError(f"need 1 <= images_per_identity <= batch_size, got {images_per_identity} and {batch_size}")
@@ -197,8 +202,13 @@ def partial_class_dataset(
     `batch_size` is the global batch; `num_shards` / `shard_index` shard it as in `build_dataset`.
 
     Example:
-        >>> dataset = partial_class_dataset("faces/", batch_size=128, num_splits=4, seed=0)  # doctest: +SKIP
-        >>> images, labels = next(iter(dataset))  # every label in [0, dataset.class_range)      # doctest: +SKIP
+        >>> import tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> faces = synthetic_faces(tempfile.mkdtemp(), num_identities=8, images_per_identity=4)
+        >>> dataset = partial_class_dataset(faces, batch_size=8, num_splits=2, seed=0)
+        >>> images, labels = next(iter(dataset))  # every label in [0, dataset.class_range)
+        >>> dataset.class_range, bool(np.all(labels.numpy() < dataset.class_range))
+        (4, True)
     """
     source = _source(data)
     num_classes = len(source.class_names)

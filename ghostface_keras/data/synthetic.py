@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ghostface_keras.files import write_atomically
+
 
 def _identity_parameters(seed: int, identity: int) -> dict:
     rng = np.random.default_rng((seed, identity, 0x5EED))
@@ -176,8 +178,12 @@ def synthetic_faces(
     Folder names are the zero-padded identity numbers, so `first_identity` keeps held-out sets apart.
 
     Example:
-        >>> root = synthetic_faces("/tmp/synthetic_train", num_identities=50, images_per_identity=20, seed=0)  # doctest: +SKIP
-        >>> held_out = synthetic_faces("/tmp/synthetic_test", 20, 10, seed=0, first_identity=50)              # doctest: +SKIP
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())          # a real set: e.g. 50 identities x 20 images
+        >>> root = synthetic_faces(folder / "synthetic_train", num_identities=5, images_per_identity=2, seed=0)
+        >>> held_out = synthetic_faces(folder / "synthetic_test", 2, 2, seed=0, first_identity=5)
+        >>> len(list(root.glob("*/*.jpg"))), sorted(path.name for path in held_out.iterdir())
+        (10, ['000005', '000006'])
     """
     out_dir = Path(out_dir)
 
@@ -189,9 +195,7 @@ def synthetic_faces(
         for shot, image in enumerate(images):
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, "JPEG", quality=quality)
-            temporary = folder / f".{shot:04d}.jpg.tmp"
-            temporary.write_bytes(buffer.getvalue())
-            os.replace(temporary, folder / f"{shot:04d}.jpg")
+            write_atomically(folder / f"{shot:04d}.jpg", buffer.getvalue())
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2))) as pool:
         list(pool.map(write_identity, range(num_identities)))

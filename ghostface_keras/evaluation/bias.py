@@ -59,8 +59,13 @@ def find_rfw_bins(folder: str | os.PathLike, groups: tuple[str, ...] = RFW_GROUP
         DataError: the folder does not exist or a group has no `.bin`.
 
     Example:
-        >>> find_rfw_bins("rfw/")
-        {'African': PosixPath('rfw/African_test.bin'), ...}
+        >>> import tempfile
+        >>> rfw = Path(tempfile.mkdtemp())
+        >>> for name in ["African_test.bin", "Asian_test.bin", "Caucasian_test.bin", "indian.bin"]:
+        ...     (rfw / name).touch()
+        >>> {group: path.name for group, path in find_rfw_bins(rfw).items()}
+        {'African': 'African_test.bin', 'Asian': 'Asian_test.bin', 'Caucasian': 'Caucasian_test.bin',
+         'Indian': 'indian.bin'}
     """
     root = Path(folder)
     if not root.is_dir():

@@ -10,10 +10,13 @@ all the *other* images (so an image never matches itself, unlike the official `e
 which puts each probe in its own class centre).
 
 Example:
+    >>> import numpy as np
     >>> from ghostface_keras.evaluation import rank_k_identification
-    >>> result = rank_k_identification(gallery, gallery_ids, probes, probe_ids, ranks=(1, 5))
-    >>> result["rank_1"], result["rank_5"]
-    (0.93, 0.98)
+    >>> gallery, gallery_ids = np.eye(3), [10, 20, 30]           # one embedding per gallery image
+    >>> probes = np.array([[0.9, 0.1, 0.0], [0.1, 0.0, 0.9], [0.6, 0.5, 0.0]])
+    >>> result = rank_k_identification(gallery, gallery_ids, probes, [10, 30, 20], ranks=(1, 2))
+    >>> round(result["rank_1"], 3), result["rank_2"]             # the last probe is closer to 10 than to 20
+    (0.667, 1.0)
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ghostface_keras.errors import DataError
-from ghostface_keras.evaluation.verification import l2_normalize
+from ghostface_keras.files import is_image_file, list_images
+from ghostface_keras.images import read_face_images
+from ghostface_keras.numeric import l2_normalize
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".webp")
 
 
 def identity_scores(gallery: np.ndarray, gallery_labels: np.ndarray, probes: np.ndarray,
@@ -129,9 +133,12 @@ def list_identity_folder(folder: str | os.PathLike) -> tuple[list[Path], np.ndar
     """Image files of `folder/<identity>/*`, their integer labels and the identity names (sorted).
 
     Example:
-        >>> paths, labels, names = list_identity_folder("orl_att_faces")
-        >>> len(paths), names[:2]
-        (400, ['s1', 's10'])
+        >>> import tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> folder = synthetic_faces(tempfile.mkdtemp(), num_identities=3, images_per_identity=2)
+        >>> paths, labels, names = list_identity_folder(folder)
+        >>> len(paths), labels.tolist(), names
+        (6, [0, 0, 1, 1, 2, 2], ['000000', '000001', '000002'])
     """
     root = Path(folder)
     if not root.is_dir():
@@ -140,34 +147,12 @@ def list_identity_folder(folder: str | os.PathLike) -> tuple[list[Path], np.ndar
     paths, labels = [], []
     for label, name in enumerate(names):
         for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(path):
                 paths.append(path)
                 labels.append(label)
     if not paths:
         raise DataError(f"{root}: no images found in identity sub-folders")
     return paths, np.asarray(labels), names
-
-
-def read_face_images(paths: Sequence[Path], size: int = 112) -> np.ndarray:
-    """Decode files to (N, size, size, 3) uint8 RGB (grey is stacked, other sizes resized bilinearly).
-
-    Example:
-        >>> read_face_images([Path("face.jpg")]).shape
-        (1, 112, 112, 3)
-    """
-    from PIL import Image
-
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                if image.size != (size, size):
-                    image = image.resize((size, size), Image.BILINEAR)
-                images[index] = np.asarray(image)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot decode image ({error})") from error
-    return images
 
 
 def all_pair_scores(embeddings: np.ndarray, labels: Sequence, max_impostor_pairs: int = 1_000_000,
@@ -200,10 +185,16 @@ def evaluate_folder(model: Any, folder: str | os.PathLike, batch_size: int = 128
     (the pairs are not in protocol folds) but has best-threshold accuracy, AUC, EER and TAR@FAR.
 
     Example:
-        >>> identification, verification = evaluate_folder("model.keras", "celeba_aligned112/val")
-        >>> identification["rank_1"], verification.auc
+        >>> import keras, tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> folder = synthetic_faces(tempfile.mkdtemp(), num_identities=3, images_per_identity=2)
+        >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for "model.keras"
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> identification, verification = evaluate_folder(model, folder, ranks=(1, 2), progress=False)
+        >>> identification["probes"], identification["identities"], verification.pairs   # 6 images: 15 pairs
+        (6, 3, 15)
     """
-    from ghostface_keras.evaluation.embeddings import extract_embeddings
+    from ghostface_keras.embedding import extract_embeddings
     from ghostface_keras.evaluation.verification import verification_metrics
 
     paths, labels, _ = list_identity_folder(folder)
@@ -225,10 +216,19 @@ def evaluate_gallery_probe(model: Any, gallery_dir: str | os.PathLike, probe_dir
     sub-folders) joins the gallery as an identity of its own that no probe can match.
 
     Example:
-        >>> record = evaluate_gallery_probe("model.keras", "tinyface/gallery", "tinyface/probe", "tinyface/distractors")
-        >>> record["rank_1"], record["rank_5"]
+        >>> import keras, tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> root = Path(tempfile.mkdtemp())
+        >>> gallery = synthetic_faces(root / "gallery", num_identities=3, images_per_identity=1)
+        >>> probes = synthetic_faces(root / "probe", num_identities=3, images_per_identity=2)    # the same 3 people
+        >>> distractors = synthetic_faces(root / "distractors", 2, 1, first_identity=3)         # 2 others
+        >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for "model.keras"
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> record = evaluate_gallery_probe(model, gallery, probes, distractors, ranks=(1, 5), progress=False)
+        >>> record["name"], record["probes"], record["gallery"], sorted(record)[-2:]
+        ('probe', 6, 5, ['rank_1', 'rank_5'])
     """
-    from ghostface_keras.evaluation.embeddings import as_embedding_function, extract_embeddings
+    from ghostface_keras.embedding import as_embedding_function, extract_embeddings
 
     embed = as_embedding_function(model, batch_size, flip)
     gallery_paths, gallery_labels, gallery_names = list_identity_folder(gallery_dir)
@@ -236,7 +236,7 @@ def evaluate_gallery_probe(model: Any, gallery_dir: str | os.PathLike, probe_dir
     gallery_ids = np.array([gallery_names[label] for label in gallery_labels], dtype=object)
     probe_ids = np.array([probe_names[label] for label in probe_labels], dtype=object)
     if distractor_dir is not None:
-        distractors = sorted(path for path in Path(distractor_dir).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+        distractors = list_images(distractor_dir)
         if not distractors:
             raise DataError(f"{distractor_dir}: no distractor images found")
         gallery_paths = list(gallery_paths) + distractors

@@ -22,8 +22,8 @@ Steps (insightface's default scenario, "N0D1F1"):
 
 Example:
     >>> from ghostface_keras.evaluation import evaluate_ijb
-    >>> result = evaluate_ijb("model.keras", "IJB_release", subset="IJBC", identification=True)
-    >>> result.verification.tar_at_far["1e-04"]
+    >>> result = evaluate_ijb("model.keras", "IJB_release", subset="IJBC", identification=True)  # doctest: +SKIP
+    >>> result.verification.tar_at_far["1e-04"]                                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from ghostface_keras.errors import DataError
 from ghostface_keras.evaluation.verification import (
     VerificationResult,
     far_key,
-    l2_normalize,
     verification_metrics,
 )
+from ghostface_keras.numeric import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ def subset_dir(root: str | Path, subset: str) -> Path:
     """The `<root>/<SUBSET>` folder (or `root` itself when it already is the subset folder).
 
     Example:
-        >>> subset_dir("IJB_release", "IJBC")
-        PosixPath('IJB_release/IJBC')
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()) / "IJB_release"
+        >>> (root / "IJBC" / "meta").mkdir(parents=True)
+        >>> subset_dir(root, "IJBC") == root / "IJBC" == subset_dir(root / "IJBC", "IJBC")
+        True
     """
     root = Path(root)
     subset = subset.upper()
@@ -125,9 +128,18 @@ def read_ijb_meta(root: str | Path, subset: str = "IJBC") -> IJBMeta:
     """Parse the landmark, template/media and pair files of one IJB subset.
 
     Example:
-        >>> meta = read_ijb_meta("IJB_release", "IJBB")
-        >>> len(meta.image_names), len(meta.pair_labels)
-        (227630, 8010270)
+        >>> import tempfile
+        >>> meta_dir = Path(tempfile.mkdtemp()) / "IJB_release" / "IJBB" / "meta"     # a toy IJB-B: 2 images
+        >>> meta_dir.mkdir(parents=True)
+        >>> points = " 50" * 10                                   # x1 y1 ... x5 y5
+        >>> _ = (meta_dir / "ijbb_name_5pts_score.txt").write_text(f"1.jpg{points} 0.9\\n2.jpg{points} 0.8\\n")
+        >>> _ = (meta_dir / "ijbb_face_tid_mid.txt").write_text("1.jpg 1 10\\n2.jpg 2 20\\n")
+        >>> _ = (meta_dir / "ijbb_template_pair_label.txt").write_text("1 2 0\\n")
+        >>> meta = read_ijb_meta(meta_dir.parent.parent, "IJBB")
+        >>> len(meta.image_names), len(meta.pair_labels)         # the real IJB-B: (227630, 8010270)
+        (2, 1)
+        >>> meta.landmarks.shape, meta.templates.tolist(), meta.medias.tolist()
+        ((2, 5, 2), [1, 2], [10, 20])
     """
     subset = subset.upper()
     folder = subset_dir(root, subset)
@@ -165,14 +177,9 @@ def _default_aligner() -> Aligner:
 
 
 def _load_and_align(path: Path, landmarks: np.ndarray, aligner: Aligner) -> np.ndarray:
-    from PIL import Image
+    from ghostface_keras.images import load_rgb_image
 
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot decode loose crop ({error})") from error
-    return aligner(pixels, landmarks)
+    return aligner(load_rgb_image(path), landmarks)
 
 
 def aligned_batches(meta: IJBMeta, batch_size: int = 128, aligner: Aligner | None = None,
@@ -182,7 +189,8 @@ def aligned_batches(meta: IJBMeta, batch_size: int = 128, aligner: Aligner | Non
     Decoding and warping run in a thread pool, one batch ahead of the model.
 
     Example:
-        >>> next(aligned_batches(meta, 64)).shape
+        >>> meta = read_ijb_meta("IJB_release", "IJBB")        # doctest: +SKIP
+        >>> next(aligned_batches(meta, 64)).shape              # doctest: +SKIP
         (64, 112, 112, 3)
     """
     aligner = aligner or _default_aligner()
@@ -229,7 +237,7 @@ def template_features(features: np.ndarray, templates: np.ndarray, medias: np.nd
 
     Example:
         >>> ids, pooled = template_features(np.array([[1., 0], [3., 0], [0, 1]]), np.array([5, 5, 5]), np.array([1, 1, 2]))
-        >>> ids.tolist(), pooled.round(4).tolist()      # media 1 -> (2, 0), media 2 -> (0, 1)
+        >>> ids.tolist(), pooled.astype(float).round(4).tolist()      # media 1 -> (2, 0), media 2 -> (0, 1)
         ([5], [[0.8944, 0.4472]])
     """
     template_ids, template_index = np.unique(templates, return_inverse=True)
@@ -285,7 +293,12 @@ def read_template_subjects(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Unique (template id, subject id) rows of an IJB 1:N csv (header skipped).
 
     Example:
-        >>> templates, subjects = read_template_subjects(Path("meta/ijbc_1N_probe_mixed.csv"))
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "ijbc_1N_probe_mixed.csv"
+        >>> _ = path.write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\\n11,1,img/1.jpg\\n11,1,img/2.jpg\\n12,2,img/3.jpg\\n")
+        >>> templates, subjects = read_template_subjects(path)
+        >>> templates.tolist(), subjects.tolist()
+        ([11, 12], [1, 2])
     """
     rows = _read_rows(path, 2, separator=",", skip_header=True)
     pairs = np.unique(_as_numbers(path, rows, slice(0, 2), int), axis=0)
@@ -340,7 +353,9 @@ def ijb_identification(meta: IJBMeta, template_ids: np.ndarray, features: np.nda
     """1:N over both galleries of the subset: top-k over all mated probes, TPIR averaged over galleries.
 
     Example:
-        >>> ijb_identification(meta, template_ids, features)["top_1"]
+        >>> result = evaluate_ijb("model.keras", "IJB_release", "IJBC")                    # doctest: +SKIP
+        >>> meta = read_ijb_meta("IJB_release", "IJBC")                                     # doctest: +SKIP
+        >>> ijb_identification(meta, result.template_ids, result.template_features)["top_1"]  # doctest: +SKIP
     """
     probe_templates, probe_subjects = read_template_subjects(_meta_file(meta.subset_dir, meta.subset,
                                                                         "1N_probe_mixed.csv"))
@@ -386,10 +401,10 @@ def evaluate_ijb(model: Any, root: str | Path, subset: str = "IJBC", batch_size:
     `EmbeddingFunction` passed as `model` keeps its own batch size and flip setting.
 
     Example:
-        >>> result = evaluate_ijb("model.keras", "/data/IJB_release", "IJBB")
-        >>> result.verification.record()["tar_at_far"]["1e-04"]
+        >>> result = evaluate_ijb("model.keras", "/data/IJB_release", "IJBB")    # doctest: +SKIP
+        >>> result.verification.record()["tar_at_far"]["1e-04"]                  # doctest: +SKIP
     """
-    from ghostface_keras.evaluation.embeddings import as_embedding_function, extract_embeddings
+    from ghostface_keras.embedding import as_embedding_function, extract_embeddings
 
     meta = read_ijb_meta(root, subset)
     logger.info("%s: %d images, %d templates, %d pairs", meta.subset, len(meta.image_names),

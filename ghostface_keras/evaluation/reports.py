@@ -3,11 +3,15 @@
 `results.json` is a list with one record per verification benchmark (fields: name, pairs,
 accuracy (10-fold mean), accuracy_std, best_threshold_accuracy, threshold, auc, eer, tar_at_far);
 identification and bias summaries go to `identification.json` / `bias.json` beside it. Every file is
-written atomically (temporary file + rename), so an interrupted run never leaves half a file.
+written by `ghostface_keras.files.write_atomically`, so an interrupted run never leaves half a file. Plots are
+`matplotlib.figure.Figure`s: the plotting backend of the caller's process is never switched.
 
 Example:
-    >>> from ghostface_keras.evaluation import write_reports
-    >>> paths = write_reports([lfw_result, cfp_result], "results/")
+    >>> import tempfile
+    >>> from ghostface_keras.evaluation import verification_metrics, write_reports
+    >>> lfw_result = verification_metrics([0.9, 0.8, 0.3, 0.1] * 5, [True, True, False, False] * 5, name="lfw")
+    >>> cfp_result = verification_metrics([0.9, 0.2, 0.6, 0.1] * 5, [True, True, False, False] * 5, name="cfp_fp")
+    >>> paths = write_reports([lfw_result, cfp_result], tempfile.mkdtemp())
     >>> sorted(path.name for path in paths)
     ['results.csv', 'results.json', 'results.md', 'roc.png', 'tar_at_far.png']
 """
@@ -16,42 +20,25 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ghostface_keras.evaluation.verification import VerificationResult
+from ghostface_keras.files import write_atomically
+from ghostface_keras.tables import markdown_table
 
 RECORD_FIELDS = ("name", "pairs", "accuracy", "accuracy_std", "best_threshold_accuracy", "threshold", "auc",
                  "eer", "tar_at_far")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename.
-
-    Example:
-        >>> atomic_write_text("out/results.md", "| a |\\n")
-        PosixPath('out/results.md')
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def results_table(records: Sequence[dict[str, Any]]) -> Any:
     """A pandas DataFrame with one row per benchmark; `tar_at_far` is spread into `TAR@FAR=<far>` columns.
 
     Example:
+        >>> from ghostface_keras.evaluation import verification_metrics
+        >>> result = verification_metrics([0.9, 0.8, 0.3, 0.1] * 5, [True, True, False, False] * 5, name="toy")
         >>> results_table([result.record()]).columns[:3].tolist()
         ['name', 'pairs', 'accuracy']
     """
@@ -64,29 +51,6 @@ def results_table(records: Sequence[dict[str, Any]]) -> Any:
             row[f"TAR@FAR={far}"] = tar
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def markdown_table(table: Any, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table of a DataFrame (no `tabulate` dependency).
-
-    Example:
-        >>> print(markdown_table(pd.DataFrame([{"name": "lfw", "accuracy": 0.99}])))
-        | name | accuracy |
-        | --- | --- |
-        | lfw | 0.9900 |
-    """
-    def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and not np.isfinite(value)):
-            return "-"
-        if isinstance(value, (float, np.floating)):
-            return f"{value:.{digits}f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(str(column) for column in table.columns) + " |",
-             "| " + " | ".join("---" for _ in table.columns) + " |"]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(value) for value in row) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _json_ready(value: Any) -> Any:
@@ -110,16 +74,22 @@ def write_reports(results: Sequence[VerificationResult], output_dir: str | os.Pa
         extra: other JSON documents by file stem, e.g. {"identification": [...], "bias": {...}}.
 
     Example:
-        >>> write_reports([result], "out", extra={"bias": rfw_summary(groups)})
+        >>> import tempfile
+        >>> from ghostface_keras.evaluation import rfw_summary, verification_metrics
+        >>> result = verification_metrics([0.9, 0.8, 0.3, 0.1] * 5, [True, True, False, False] * 5, name="toy")
+        >>> groups = {"African": 0.85, "Asian": 0.84, "Caucasian": 0.92, "Indian": 0.88}   # RFW accuracies
+        >>> paths = write_reports([result], tempfile.mkdtemp(), extra={"bias": rfw_summary(groups)}, plots=False)
+        >>> [path.name for path in paths]
+        ['results.json', 'results.csv', 'results.md', 'bias.json']
     """
     output = Path(output_dir)
     records = [_json_ready(result.record()) for result in results]
-    written = [atomic_write_text(output / "results.json", json.dumps(records, indent=2) + "\n")]
+    written = [write_atomically(output / "results.json", json.dumps(records, indent=2) + "\n")]
     table = results_table(records)
-    written.append(atomic_write_text(output / "results.csv", table.to_csv(index=False)))
-    written.append(atomic_write_text(output / "results.md", markdown_table(table)))
+    written.append(write_atomically(output / "results.csv", table.to_csv(index=False)))
+    written.append(write_atomically(output / "results.md", markdown_table(table)))
     for stem, document in (extra or {}).items():
-        written.append(atomic_write_text(output / f"{stem}.json", json.dumps(_json_ready(document), indent=2) + "\n"))
+        written.append(write_atomically(output / f"{stem}.json", json.dumps(_json_ready(document), indent=2) + "\n"))
     if plots and results:
         written.append(plot_roc(results, output / "roc.png"))
         written.append(plot_tar_at_far(records, output / "tar_at_far.png"))
@@ -127,29 +97,25 @@ def write_reports(results: Sequence[VerificationResult], output_dir: str | os.Pa
 
 
 def _save_figure(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=120,
+                                                                   bbox_inches="tight"))
 
 
 def plot_roc(results: Sequence[VerificationResult], path: str | os.PathLike) -> Path:
     """All benchmarks' ROC curves on one log-FAR figure (PNG).
 
     Example:
-        >>> plot_roc([lfw, cfp_fp], "out/roc.png")
+        >>> import tempfile
+        >>> from ghostface_keras.evaluation import verification_metrics
+        >>> lfw = verification_metrics([0.9, 0.8, 0.3, 0.1] * 5, [True, True, False, False] * 5, name="lfw")
+        >>> cfp_fp = verification_metrics([0.9, 0.2, 0.6, 0.1] * 5, [True, True, False, False] * 5, name="cfp_fp")
+        >>> plot_roc([lfw, cfp_fp], Path(tempfile.mkdtemp()) / "roc.png").name
+        'roc.png'
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 5))
+    figure = Figure(figsize=(7, 5))
+    axis = figure.subplots()
     for result in results:
         usable = result.far > 0
         if usable.any():
@@ -161,25 +127,24 @@ def plot_roc(results: Sequence[VerificationResult], path: str | os.PathLike) -> 
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(loc="lower right", fontsize="small")
     axis.set_title("ROC")
-    try:
-        return _save_figure(figure, Path(path))
-    finally:
-        plt.close(figure)
+    return _save_figure(figure, Path(path))
 
 
 def plot_tar_at_far(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Grouped bars: TAR at each FAR, one group per benchmark (PNG).
 
     Example:
-        >>> plot_tar_at_far([result.record()], "out/tar_at_far.png")
+        >>> import tempfile
+        >>> from ghostface_keras.evaluation import verification_metrics
+        >>> result = verification_metrics([0.9, 0.8, 0.3, 0.1] * 5, [True, True, False, False] * 5, name="toy")
+        >>> plot_tar_at_far([result.record()], Path(tempfile.mkdtemp()) / "tar_at_far.png").name
+        'tar_at_far.png'
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     fars = sorted({far for record in records for far in (record.get("tar_at_far") or {})}, key=float)
-    figure, axis = plt.subplots(figsize=(max(6, 1.5 * len(records) + 2), 4.5))
+    figure = Figure(figsize=(max(6, 1.5 * len(records) + 2), 4.5))
+    axis = figure.subplots()
     width = 0.8 / max(len(fars), 1)
     positions = np.arange(len(records))
     for offset, far in enumerate(fars):
@@ -191,7 +156,4 @@ def plot_tar_at_far(records: Sequence[dict[str, Any]], path: str | os.PathLike) 
     axis.set_ylim(0.0, 1.05)
     axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axis.set_title("TAR at FAR")
-    try:
-        return _save_figure(figure, Path(path))
-    finally:
-        plt.close(figure)
+    return _save_figure(figure, Path(path))

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ghostface_keras.errors import DataError
+from ghostface_keras.numeric import l2_normalize
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 # insightface's grid of squared-distance thresholds, np.arange(0, 4, 0.01), seen as cosines
@@ -38,18 +39,6 @@ INSIGHTFACE_DISTANCE_GRID = np.arange(0.0, 4.0, 0.01)
 # --------------------------------------------------------------------------------------------------
 # Scores
 # --------------------------------------------------------------------------------------------------
-def l2_normalize(embeddings: np.ndarray, epsilon: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit length (all-zero rows stay zero).
-
-    Example:
-        >>> l2_normalize(np.array([[3.0, 4.0]])).tolist()
-        [[0.6, 0.8]]
-    """
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(embeddings, axis=-1, keepdims=True)
-    return embeddings / np.maximum(norms, epsilon)
-
-
 def pair_scores(embeddings: np.ndarray) -> np.ndarray:
     """Cosine similarity of pairs laid out as in `.bin` files: pair i = rows 2i and 2i+1.
 
@@ -240,9 +229,10 @@ def k_fold_accuracy(scores: Any, issame: Any, n_folds: int = 10, thresholds: str
             distinct training-fold scores: the true optimum on the training folds), or an explicit array.
 
     Example:
-        >>> accuracies, chosen = k_fold_accuracy(np.r_[np.ones(10), np.zeros(10)], np.r_[[True] * 10, [False] * 10], 2)
-        >>> accuracies.tolist()
-        [1.0, 1.0]
+        >>> scores, issame = np.tile([0.9, 0.1], 10), np.tile([True, False], 10)   # every fold holds both kinds
+        >>> accuracies, chosen = k_fold_accuracy(scores, issame, n_folds=2)
+        >>> accuracies.tolist(), chosen.round(3).tolist()         # the first grid threshold below 0.9
+        ([1.0, 1.0], [0.895, 0.895])
     """
     scores, labels = _checked(scores, issame)
     accuracies, chosen = [], []
@@ -359,9 +349,16 @@ def evaluate_verification(embeddings_or_model: Any, images: Any = None, issame: 
         best_threshold_accuracy, threshold, auc, eer, tar_at_far.
 
     Example (a Keras callback evaluating a `.bin` at epoch end):
-        >>> images, issame = load_bin("lfw.bin")
-        >>> record = evaluate_verification(model, images, issame, name="lfw")
-        >>> print(f"{record['accuracy']:.4f} +- {record['accuracy_std']:.4f}")
+        >>> import keras, tempfile
+        >>> from ghostface_keras.data import load_bin, save_bin
+        >>> pixels = np.random.default_rng(0).integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
+        >>> path = save_bin(f"{tempfile.mkdtemp()}/toy.bin", pixels, [True, False] * 10)   # a toy "lfw.bin"
+        >>> images, issame = load_bin(path)
+        >>> inputs = keras.Input((112, 112, 3))       # the model being trained
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> record = evaluate_verification(model, images, issame, name="toy")
+        >>> print(f"accuracy {record['accuracy']:.4f} +- {record['accuracy_std']:.4f}")    # untrained: about 0.5
+        accuracy ... +- ...
     """
     if issame is None:
         raise DataError("evaluate_verification needs `issame` (one boolean per pair)")
@@ -370,7 +367,7 @@ def evaluate_verification(embeddings_or_model: Any, images: Any = None, issame: 
     else:
         if images is None:
             raise DataError("evaluate_verification needs `images` when given a model")
-        from ghostface_keras.evaluation.embeddings import extract_embeddings
+        from ghostface_keras.embedding import extract_embeddings
 
         embeddings = extract_embeddings(embeddings_or_model, images, batch_size=batch_size, flip=flip,
                                         progress=progress)

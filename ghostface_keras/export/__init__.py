@@ -13,11 +13,13 @@ max abs / relative difference, cosine similarity and LiteRT latency; `PARITY_THR
 "the same embeddings" means for each quantization.
 
 Example:
-    >>> from ghostface_keras import create_model
+    >>> import keras, numpy as np, tempfile
     >>> from ghostface_keras.export import export_tflite, check_parity
-    >>> model = create_model("GhostFaceNetV1-1.3-2")
-    >>> path = export_tflite(model, "ghostfacenet.tflite")              # fp32, batch 1
-    >>> report = check_parity(model, path, images)                     # images: (N,112,112,3) float32
+    >>> inputs = keras.Input((112, 112, 3))     # a tiny stand-in for create_model("GhostFaceNetV1-1.3-2")
+    >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/ghostfacenet.tflite")      # fp32, batch 1
+    >>> images = np.random.default_rng(0).uniform(-1, 1, (4, 112, 112, 3)).astype("float32")  # normalized faces
+    >>> report = check_parity(model, path, images)
     >>> report.passed
     True
 
@@ -28,36 +30,35 @@ Command line (also installed as `ghostface-export`):
 Modules: `saved_model` (SavedModel), `tflite` (conversion), `int8_rewrite` (XNNPACK-friendly int8 ops),
 `equalize` (per-channel range equalization before int8), `quantization_aware` (a twin that rounds like
 the int8 file, for fine-tuning against it), `runtime` (LiteRT: run, inspect, time),
-`parity` (the report), `onnx` (optional extra), `images` (faces and models from files), `cli`.
+`parity` (the report), `onnx` (optional extra), `images` (aligned faces from folders). The command line is
+`ghostface_keras.cli.export`.
 """
 
-from ghostface_keras.export.cli import FORMATS, main
-from ghostface_keras.export.images import IMAGE_SUFFIXES, list_images, load_face_images, load_model_for_export, sample_images
-from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
-from ghostface_keras.export.onnx import export_onnx, onnx_available, run_onnx
-from ghostface_keras.export.parity import PARITY_THRESHOLDS, ParityReport, check_parity
-from ghostface_keras.export.quantization_aware import (
-    fine_tune_quantization_aware,
-    is_quantization_aware,
-    quantization_aware_model,
-)
-from ghostface_keras.export.runtime import (
-    TFLiteEmbedder,
-    count_delegate_nodes,
-    dynamic_tensor_names,
-    make_interpreter,
-    run_tflite,
-    tflite_latency_ms,
-    tflite_op_names,
-)
-from ghostface_keras.export.saved_model import export_saved_model, run_saved_model
-from ghostface_keras.export.tflite import DYNAMIC_SHAPE_OPS, QUANTIZATIONS, export_tflite
+from __future__ import annotations
 
-__all__ = [
-    "DYNAMIC_SHAPE_OPS", "FORMATS", "IMAGE_SUFFIXES", "PARITY_THRESHOLDS", "QUANTIZATIONS", "ParityReport",
-    "TFLiteEmbedder", "check_parity", "count_delegate_nodes", "dynamic_tensor_names", "export_onnx",
-    "export_saved_model", "export_tflite", "fine_tune_quantization_aware", "is_quantization_aware", "list_images",
-    "load_face_images", "load_model_for_export", "main", "make_interpreter", "onnx_available",
-    "quantization_aware_model", "run_onnx", "run_saved_model", "run_tflite", "sample_images", "tflite_latency_ms",
-    "tflite_op_names", "xnnpack_int8_equivalent",
-]
+import importlib
+from typing import Any
+
+# public name -> defining module, imported on first use (so `runtime` can be used without TensorFlow)
+_API = {
+    "images": ("list_images", "load_face_images", "sample_images"),
+    "int8_rewrite": ("xnnpack_int8_equivalent",),
+    "onnx": ("export_onnx", "onnx_available", "run_onnx"),
+    "parity": ("PARITY_THRESHOLDS", "ParityReport", "check_parity"),
+    "quantization_aware": ("fine_tune_quantization_aware", "is_quantization_aware", "quantization_aware_model"),
+    "runtime": ("TFLiteEmbedder", "count_delegate_nodes", "dynamic_tensor_names", "make_interpreter", "run_tflite",
+                "tflite_latency_ms", "tflite_op_names"),
+    "saved_model": ("export_saved_model", "run_saved_model"),
+    "tflite": ("DYNAMIC_SHAPE_OPS", "export_tflite"),
+    "formats": ("FORMATS", "QUANTIZATIONS"),
+}
+_WHERE = {name: f"{__name__}.{module}" for module, names in _API.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

@@ -1,7 +1,7 @@
-"""``python -m ghostface_keras.export``: see `ghostface_keras.export.cli`."""
+"""``python -m ghostface_keras.export``: the `ghostface-export` command (`ghostface_keras.cli.export`)."""
 
 import sys
 
-from ghostface_keras.export.cli import main
+from ghostface_keras.cli.export import main
 
 sys.exit(main())

@@ -12,9 +12,7 @@ steps everywhere else (measured on real aligned faces: official V1-1.3-2 fixture
 The flow is the converter's own, split in two: calibrate only (float flatbuffer with min/max per
 tensor), rewrite min/max from histograms of the same calibration images, then quantize.
 
-Example:
-    >>> calibrated = converter.convert()          # with converter._experimental_calibrate_only = True
-    >>> clipped = clip_activation_ranges(calibrated, train_faces[:200], percentile=99.99)
+The runnable example is `clip_activation_ranges`'s.
 """
 
 from __future__ import annotations
@@ -129,7 +127,19 @@ def clip_activation_ranges(calibrated: bytes, images: np.ndarray, percentile: fl
         percentile: keep values between the (100 - p)th and p-th percentile; 100 keeps min/max.
 
     Example:
-        >>> quantized = mlir_quantize(clip_activation_ranges(calibrated, faces, 99.99))
+        >>> import keras, tempfile, tensorflow as tf
+        >>> from tensorflow.lite.python.convert import mlir_quantize
+        >>> from ghostface_keras.export import export_saved_model
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+        >>> folder = export_saved_model(model, f"{tempfile.mkdtemp()}/model", batch_size=1)
+        >>> converter = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=["serving_default"])
+        >>> converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        >>> converter.representative_dataset = lambda: ([face[None]] for face in train_faces)
+        >>> converter._experimental_calibrate_only = True
+        >>> calibrated = converter.convert()          # float graph with each tensor's calibration min/max
+        >>> quantized = mlir_quantize(clip_activation_ranges(calibrated, train_faces, 99.99))
     """
     model, ranges, counts = _histograms(calibrated, images)
     logger.info("clipped %d activation ranges to the %.3f percentile", len(ranges), percentile)
@@ -169,9 +179,23 @@ def quantize_with_best_percentile(
         The chosen int8 flatbuffer, its percentile and every candidate's held-out mean cosine.
 
     Example:
-        >>> flatbuffer, percentile, scores = quantize_with_best_percentile(calibrated, faces, mlir_quantize)
+        >>> import keras, tempfile, tensorflow as tf
+        >>> from tensorflow.lite.python.convert import mlir_quantize
+        >>> from ghostface_keras.export import export_saved_model
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+        >>> folder = export_saved_model(model, f"{tempfile.mkdtemp()}/model", batch_size=1)
+        >>> converter = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=["serving_default"])
+        >>> converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        >>> converter.representative_dataset = lambda: ([face[None]] for face in train_faces)
+        >>> converter._experimental_calibrate_only = True
+        >>> calibrated = converter.convert()          # float graph with each tensor's calibration min/max
+        >>> flatbuffer, percentile, scores = quantize_with_best_percentile(calibrated, train_faces, mlir_quantize)
+        >>> percentile in scores, sorted(scores) == sorted(PERCENTILE_CANDIDATES)
+        (True, True)
     """
-    from ghostface_keras.export.parity import _cosines
+    from ghostface_keras.numeric import row_cosines
 
     held_out = min(SELECTION_IMAGES, len(images) // 4)
     if held_out < 2:
@@ -182,7 +206,7 @@ def quantize_with_best_percentile(
     scores, best = {}, None
     for percentile in candidates:
         quantized = quantize(_with_ranges(model, ranges, counts, percentile))
-        scores[percentile] = float(_cosines(_run(quantized, selection), reference).mean())
+        scores[percentile] = float(row_cosines(_run(quantized, selection), reference).mean())
         if best is None or scores[percentile] > scores[best[0]]:
             best = (percentile, quantized)
     logger.info(

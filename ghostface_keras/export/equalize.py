@@ -22,7 +22,15 @@ Measured on 64 CelebA val faces, full int8 vs fp32 TFLite, mean cosine (200 cali
 0.979 -> 0.983 (docs/export.md).
 
 Example:
-    >>> balanced = equalize_channel_ranges(model, train_faces[:64])
+    >>> import keras
+    >>> inputs = keras.Input((112, 112, 3))                   # a tiny stand-in for a GhostFaceNet
+    >>> x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+    >>> x = keras.layers.PReLU(shared_axes=[1, 2])(keras.layers.BatchNormalization()(x))
+    >>> x = keras.layers.Conv2D(32, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(x))
+    >>> model = keras.Model(inputs, keras.layers.Flatten()(x))
+    >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+    >>> balanced = equalize_channel_ranges(model, train_faces)
+    >>> x = train_faces[:2]
     >>> np.allclose(balanced(x), model(x), atol=1e-3)
     True
 """
@@ -175,8 +183,17 @@ def equalize_channel_ranges(
             absorb it (measured worse on GhostFaceNets: 0.870 vs 0.876 on the released checkpoint).
 
     Example:
-        >>> balanced = equalize_channel_ranges(model, train_faces[:64])
-        >>> export_tflite(balanced, "face_int8.tflite", "int8", train_faces, equalize=False)
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> inputs = keras.Input((112, 112, 3))                   # a tiny stand-in for a GhostFaceNet
+        >>> x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+        >>> x = keras.layers.PReLU(shared_axes=[1, 2])(keras.layers.BatchNormalization()(x))
+        >>> x = keras.layers.Conv2D(32, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(x))
+        >>> model = keras.Model(inputs, keras.layers.Flatten()(x))
+        >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+        >>> balanced = equalize_channel_ranges(model, train_faces)
+        >>> export_tflite(balanced, f"{tempfile.mkdtemp()}/face_int8.tflite", "int8", train_faces, equalize=False)
+        PosixPath('.../face_int8.tflite')
     """
     import keras
 

@@ -1,4 +1,4 @@
-"""Aligned face images and models from files, for calibration, parity checks and the CLI."""
+"""Aligned face images from folders, for int8 calibration and parity checks."""
 
 from __future__ import annotations
 
@@ -9,40 +9,34 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.errors import ExportError
+from ghostface_keras.errors import DataError, ExportError
+from ghostface_keras.files import IMAGE_EXTENSIONS
+from ghostface_keras.files import list_images as list_image_files
+from ghostface_keras.images import read_face_images
 from ghostface_keras.preprocessing import IMAGE_SIZE, normalize_images
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
 def list_images(directory: str | os.PathLike) -> list[Path]:
-    """Image files under `directory` (recursively, e.g. one sub-folder per identity), sorted."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ExportError(f"{directory}: image folder not found")
-    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files under `directory` (`ghostface_keras.files.list_images`); none is an `ExportError`."""
+    try:
+        files = list_image_files(directory)
+    except DataError as error:
+        raise ExportError(f"{directory}: image folder not found") from error
     if not files:
-        raise ExportError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise ExportError(f"{directory}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
     return files
 
 
 def load_face_images(files: Sequence[Path], size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> np.ndarray:
-    """Read aligned RGB faces into a normalized float32 (N, H, W, 3) array (resized only if needed)."""
-    from PIL import Image, UnidentifiedImageError
-
-    arrays = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                image = image.convert("RGB")
-                if image.size != (size[1], size[0]):
-                    image = image.resize((size[1], size[0]), Image.BILINEAR)
-                arrays.append(np.asarray(image, dtype=np.uint8))
-        except (OSError, UnidentifiedImageError) as error:
-            raise ExportError(f"{file}: unreadable image ({error})") from error
-    return normalize_images(np.stack(arrays))
+    """Read aligned RGB faces (`ghostface_keras.images`, the one reader) into a normalized float32
+    (N, H, W, 3) array, resized only if needed; an unreadable file is an `ExportError` naming it."""
+    if size[0] != size[1]:
+        raise ExportError(f"face images are square; got size {size}")
+    try:
+        return normalize_images(read_face_images(list(files), size[0]))
+    except DataError as error:
+        raise ExportError(str(error)) from None
 
 
 def sample_images(
@@ -56,47 +50,16 @@ def sample_images(
     of the same draw (so calibration and parity images never overlap).
 
     Example:
-        >>> sample_images("celeba_aligned112/train", 200).shape
-        (200, 112, 112, 3)
+        >>> import tempfile
+        >>> from ghostface_keras.data import synthetic_faces
+        >>> folder = synthetic_faces(tempfile.mkdtemp(), num_identities=3, images_per_identity=4)
+        >>> calibration = sample_images(folder, 8)
+        >>> parity = sample_images(folder, 4, skip=8)       # the other 4 images of the same draw
+        >>> calibration.shape, calibration.dtype, parity.shape
+        ((8, 112, 112, 3), dtype('float32'), (4, 112, 112, 3))
     """
     files = list_images(directory)
     order = np.random.default_rng(seed).permutation(len(files))[skip : skip + count]
     if len(order) == 0:
         raise ExportError(f"{directory}: only {len(files)} images, none left after the first {skip}")
     return load_face_images([files[i] for i in order], size)
-
-
-def load_model_for_export(spec: str):
-    """A Keras model from a ``.keras`` / Keras ``.h5`` file, an official GhostFaceNets ``.h5``, or a
-    registry name such as ``GhostFaceNetV1-1.3-2`` (randomly initialized, for benchmarks)."""
-    import keras
-
-    path = Path(spec)
-    if not path.exists():
-        if path.suffix in (".keras", ".h5", ".tflite", ".onnx") or os.sep in spec:
-            raise ExportError(f"{spec}: model file not found")
-        from ghostface_keras.registry import create_model
-
-        return create_model(spec)
-    if path.suffix == ".keras":
-        try:
-            return keras.saving.load_model(str(path), compile=False)
-        except Exception as error:
-            raise ExportError(f"{path}: cannot load the Keras model: {error}") from error
-    if path.suffix == ".h5":
-        return _load_h5(path)
-    raise ExportError(f"{path}: expected a .keras or .h5 model file")
-
-
-def _load_h5(path: Path):
-    import keras
-
-    try:
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as keras_error:
-        try:
-            from ghostface_keras import convert
-        except ImportError:
-            raise ExportError(f"{path}: cannot load the .h5 model: {keras_error}") from keras_error
-        logger.info("%s is not a Keras 3 file; converting it as an official GhostFaceNets checkpoint", path)
-        return convert.load_official(str(path))

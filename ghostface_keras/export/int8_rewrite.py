@@ -87,7 +87,10 @@ def xnnpack_int8_equivalent(model):
     then stays inside one XNNPACK partition. Every other layer is shared with `model`, not copied.
 
     Example:
+        >>> from ghostface_keras import GhostFaceNetV1
+        >>> model = GhostFaceNetV1(width=0.5)
         >>> twin = xnnpack_int8_equivalent(model)
+        >>> x = np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)).astype("float32")
         >>> np.allclose(twin(x), model(x), atol=1e-4)
         True
     """

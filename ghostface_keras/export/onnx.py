@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ghostface_keras.errors import ExportError
+from ghostface_keras.files import write_atomically
 from ghostface_keras.export.saved_model import _model_input_shape
 
 
@@ -25,8 +26,11 @@ def export_onnx(model, path: str | os.PathLike, batch_size: int | None = 1, opse
     """Convert `model` to ONNX through tf2onnx (needs the ``onnx`` extra), input float32 NHWC.
 
     Example:
-        >>> export_onnx(model, "face.onnx")
-        PosixPath('face.onnx')
+        >>> import keras, tempfile
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> export_onnx(model, f"{tempfile.mkdtemp()}/face.onnx")     # needs the onnx extra  # doctest: +SKIP
+        PosixPath('.../face.onnx')
     """
     if not onnx_available():
         raise ExportError("ONNX export needs tf2onnx and onnxruntime: pip install 'ghostface_keras[onnx]'")
@@ -35,8 +39,6 @@ def export_onnx(model, path: str | os.PathLike, batch_size: int | None = 1, opse
     path = Path(path)
     height, width, channels = _model_input_shape(model)
     signature = [tf.TensorSpec([batch_size, height, width, channels], tf.float32, "images")]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.partial.onnx"
     try:
         import tf2onnx
 
@@ -45,12 +47,9 @@ def export_onnx(model, path: str | os.PathLike, batch_size: int | None = 1, opse
         function = tf.function(lambda images: model(images, training=False))
         proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
         _round_up_resize_scales(proto)
-        staging.write_bytes(proto.SerializeToString())
-        os.replace(staging, path)
-    except Exception as error:
-        staging.unlink(missing_ok=True)
+    except Exception as error:  # noqa: BLE001 - tf2onnx raises many unrelated types
         raise ExportError(f"{path}: ONNX conversion failed: {error}") from error
-    return path
+    return write_atomically(path, proto.SerializeToString())
 
 
 def _round_up_resize_scales(model) -> int:
@@ -78,13 +77,7 @@ def _round_up_resize_scales(model) -> int:
 
 
 def run_onnx(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
-    """Embeddings of normalized float32 `images` from an ONNX model (onnxruntime, CPU)."""
-    import onnxruntime
+    """Embeddings of normalized float32 `images` from an ONNX model (the runner of `ghostface_keras.load_model`)."""
+    from ghostface_keras.loading import load_model
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0]
-    batch = feed.shape[0] if isinstance(feed.shape[0], int) else None
-    images = np.asarray(images, dtype=np.float32)
-    if batch is None:
-        return np.asarray(session.run(None, {feed.name: images})[0], dtype=np.float32)
-    return np.concatenate([session.run(None, {feed.name: images[i : i + 1]})[0] for i in range(len(images))])
+    return load_model(path, identify=False, check=False).runner(images)

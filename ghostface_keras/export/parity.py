@@ -9,10 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ghostface_keras.embedding import EmbeddingFunction
 from ghostface_keras.errors import ExportError
-from ghostface_keras.export.onnx import run_onnx
-from ghostface_keras.export.runtime import run_tflite, tflite_latency_ms, tflite_op_names
-from ghostface_keras.export.saved_model import run_saved_model
+from ghostface_keras.export.runtime import tflite_latency_ms, tflite_op_names
+from ghostface_keras.numeric import row_cosines
 
 # What "the same embeddings" means per export kind. The float32 exports differ from Keras only by
 # operation order (folded BN, fused kernels), so their max abs diff divided by the largest Keras
@@ -82,12 +82,6 @@ class ParityReport:
         return "\n".join(["| measure | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)
-
-
 def _size_mib(path: Path) -> float:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
@@ -113,11 +107,25 @@ def check_parity(
     """Compare an exported file with the Keras `model` on normalized float32 `images` (N, H, W, C).
 
     The format is taken from the path (folder = SavedModel, ``.onnx``, otherwise TFLite); thresholds
-    come from `PARITY_THRESHOLDS`. Latency (TFLite only) is the median of `latency_repeats` invokes.
+    come from `PARITY_THRESHOLDS`. Both sides run through the one embedding path
+    (`ghostface_keras.embedding.EmbeddingFunction.network`, no flip). Latency (TFLite only) is the median of
+    `latency_repeats` invokes.
 
     Example:
-        >>> report = check_parity(model, "face_fp16.tflite", val_faces, "float16")
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/face_fp16.tflite", "float16")
+        >>> val_faces = np.random.default_rng(0).uniform(-1, 1, (4, 112, 112, 3)).astype("float32")  # normalized
+        >>> report = check_parity(model, path, val_faces, "float16")
         >>> print(report.to_markdown())
+        | measure | value |
+        | --- | --- |
+        | file | .../face_fp16.tflite |
+        | format / quantization | tflite / float16 |
+        ...
+        | parity | PASS |
     """
     exported = Path(exported)
     if not exported.exists():
@@ -126,18 +134,14 @@ def check_parity(
     if images.ndim != 4 or len(images) == 0:
         raise ExportError(f"parity images must be a non-empty (N, H, W, C) array, got shape {images.shape}")
     fmt = _detect_format(exported)
-    reference = np.asarray(model.predict(images, batch_size=32, verbose=0), dtype=np.float32)
+    reference = EmbeddingFunction(model, batch_size=32, flip=False).network(images)
+    outputs = EmbeddingFunction(str(exported), batch_size=32, flip=False).network(images)
     latency, ops = {}, []
     if fmt == "tflite":
-        outputs = run_tflite(exported, images)
         ops = tflite_op_names(exported)
         latency = {t: tflite_latency_ms(exported, t, latency_repeats) for t in latency_threads}
-    elif fmt == "onnx":
-        outputs = run_onnx(exported, images)
-    else:
-        outputs = run_saved_model(exported, images)
     abs_diff = float(np.max(np.abs(outputs - reference)))
-    cosines = _cosines(outputs, reference)
+    cosines = row_cosines(outputs, reference)
     threshold_key = quantization if fmt == "tflite" else fmt
     return ParityReport(
         path=str(exported),

@@ -21,9 +21,18 @@ a deep network), so on GhostFaceNets the twin and the file are two draws of the 
 faces: twin 0.940, file 0.938 after fine-tuning GN_W0.5).
 
 Example:
-    >>> qat = quantization_aware_model(model, train_faces[:200])
-    >>> fine_tune_quantization_aware(qat, model, train_faces, steps=600, learning_rate=1e-4)
-    >>> export_tflite(qat, "face_int8.tflite", "int8", representative_data=train_faces[:32])
+    >>> import keras, tempfile
+    >>> from ghostface_keras.export import export_tflite
+    >>> inputs = keras.Input((112, 112, 3))                   # a tiny stand-in for a GhostFaceNet
+    >>> x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+    >>> x = keras.layers.PReLU(shared_axes=[1, 2])(keras.layers.BatchNormalization()(x))
+    >>> x = keras.layers.Conv2D(32, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(x))
+    >>> model = keras.Model(inputs, keras.layers.Flatten()(x))
+    >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+    >>> qat = quantization_aware_model(model, train_faces)       # use a few hundred real faces
+    >>> record = fine_tune_quantization_aware(qat, model, train_faces, steps=2, batch_size=4)  # e.g. 600 steps
+    >>> export_tflite(qat, f"{tempfile.mkdtemp()}/face_int8.tflite", "int8", representative_data=train_faces[:8])
+    PosixPath('.../face_int8.tflite')
 """
 
 from __future__ import annotations
@@ -386,9 +395,9 @@ def _set_ranges(quantizers, groups: _Groups, fixed, extremes, counts, percentile
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    from ghostface_keras.export.parity import _cosines
+    from ghostface_keras.numeric import row_cosines
 
-    return float(_cosines(np.asarray(a), np.asarray(b)).mean())
+    return float(row_cosines(np.asarray(a), np.asarray(b)).mean())
 
 
 def quantization_aware_model(
@@ -412,8 +421,19 @@ def quantization_aware_model(
         ranges), BatchNorms frozen, PReLU slopes fixed; convolution weights train.
 
     Example:
-        >>> qat = quantization_aware_model(model, train_faces[:200])
-        >>> export_tflite(qat, "face_int8.tflite", "int8", representative_data=train_faces[:32])
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> inputs = keras.Input((112, 112, 3))                   # a tiny stand-in for a GhostFaceNet
+        >>> x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+        >>> x = keras.layers.PReLU(shared_axes=[1, 2])(keras.layers.BatchNormalization()(x))
+        >>> x = keras.layers.Conv2D(32, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(x))
+        >>> model = keras.Model(inputs, keras.layers.Flatten()(x))
+        >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+        >>> qat = quantization_aware_model(model, train_faces)       # use a few hundred real faces
+        >>> is_quantization_aware(qat), is_quantization_aware(model)
+        (True, False)
+        >>> export_tflite(qat, f"{tempfile.mkdtemp()}/face_int8.tflite", "int8", representative_data=train_faces[:8])
+        PosixPath('.../face_int8.tflite')
     """
     from ghostface_keras.export.activation_ranges import PERCENTILE_CANDIDATES, SELECTION_IMAGES
     from ghostface_keras.export.equalize import equalize_channel_ranges
@@ -488,8 +508,18 @@ def fine_tune_quantization_aware(
         A `FineTuning` record.
 
     Example:
-        >>> record = fine_tune_quantization_aware(qat, model, train_faces, steps=600, learning_rate=1e-4)
-        >>> record.held_out_cosine[0], record.held_out_cosine[record.kept_step]
+        >>> inputs = keras.Input((112, 112, 3))                   # a tiny stand-in for a GhostFaceNet
+        >>> x = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+        >>> x = keras.layers.PReLU(shared_axes=[1, 2])(keras.layers.BatchNormalization()(x))
+        >>> x = keras.layers.Conv2D(32, 1)(keras.layers.GlobalAveragePooling2D(keepdims=True)(x))
+        >>> model = keras.Model(inputs, keras.layers.Flatten()(x))
+        >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+        >>> qat = quantization_aware_model(model, train_faces)
+        >>> record = fine_tune_quantization_aware(qat, model, train_faces, steps=4, batch_size=4, check_every=2)
+        >>> len(record.losses), sorted(record.held_out_cosine)          # real use: e.g. steps=600
+        (4, [0, 2, 4])
+        >>> record.held_out_cosine[record.kept_step] >= record.held_out_cosine[0]   # never worse than before
+        True
     """
     import tensorflow as tf
 

@@ -37,7 +37,12 @@ def make_interpreter(path: str | os.PathLike, num_threads: int | None = 1, deleg
     None lets LiteRT choose). A file LiteRT cannot load raises `ModelLoadError` naming it.
 
     Example:
-        >>> interpreter = make_interpreter("face.tflite", num_threads=1)
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/face.tflite")
+        >>> interpreter = make_interpreter(path, num_threads=1)
         >>> interpreter.get_input_details()[0]["shape"].tolist()
         [1, 112, 112, 3]
     """
@@ -56,8 +61,13 @@ def tflite_op_names(path: str | os.PathLike) -> list[str]:
     """Op names of the TFLite graph in execution order (before any delegate), e.g. ``["CONV_2D", ...]``.
 
     Example:
-        >>> sorted(set(tflite_op_names("face.tflite")))
-        ['CONV_2D', 'DEPTHWISE_CONV_2D', 'MEAN', 'MINIMUM', 'MUL', 'PRELU', 'RELU', 'RESHAPE', ...]
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/face.tflite")
+        >>> sorted(set(tflite_op_names(path)))      # a GhostFaceNet: CONV_2D, DEPTHWISE_CONV_2D, PRELU, ...
+        ['FULLY_CONNECTED', 'MEAN']
     """
     interpreter = make_interpreter(path, delegates=False)
     return [op["op_name"] for op in interpreter._get_ops_details()]
@@ -101,8 +111,15 @@ def run_tflite(path_or_interpreter, images: np.ndarray, num_threads: int = 1) ->
     Quantized input / output tensors are handled with their scale and zero point.
 
     Example:
-        >>> run_tflite("face.tflite", normalize_images(pixels)).shape
-        (8, 512)
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> from ghostface_keras.preprocessing import normalize_images
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/face.tflite")
+        >>> pixels = np.zeros((8, 112, 112, 3), np.uint8)
+        >>> run_tflite(path, normalize_images(pixels)).shape
+        (8, 32)
     """
     interpreter = path_or_interpreter
     if isinstance(path_or_interpreter, (str, os.PathLike)):
@@ -126,8 +143,14 @@ def tflite_latency_ms(path_or_interpreter, num_threads: int = 1, repeats: int = 
     """Median wall time of one ``invoke`` in milliseconds (LiteRT, XNNPACK, `num_threads`).
 
     Example:
-        >>> tflite_latency_ms("face.tflite", num_threads=1)
-        4.1
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/face.tflite")
+        >>> milliseconds = tflite_latency_ms(path, num_threads=1)
+        >>> milliseconds > 0
+        True
     """
     interpreter = path_or_interpreter
     if isinstance(path_or_interpreter, (str, os.PathLike)):
@@ -153,9 +176,17 @@ class TFLiteEmbedder:
     with their scale and zero point. The evaluation and inference code both run `.tflite` files through it.
 
     Example:
-        >>> embed = TFLiteEmbedder("face_int8.tflite")
+        >>> import keras, tempfile
+        >>> from ghostface_keras.export import export_tflite
+        >>> from ghostface_keras.preprocessing import normalize_images
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")
+        >>> path = export_tflite(model, f"{tempfile.mkdtemp()}/face_int8.tflite", "int8", representative_data=faces)
+        >>> embed = TFLiteEmbedder(path)
+        >>> pixels = np.zeros((8, 112, 112, 3), np.uint8)
         >>> embed(normalize_images(pixels)).shape
-        (8, 512)
+        (8, 32)
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ghostface_keras.errors import ExportError
+from ghostface_keras.files import atomic_output
 from ghostface_keras.preprocessing import normalize_images
 
 
@@ -60,7 +60,10 @@ def export_saved_model(
     keeps the batch dimension dynamic (servers); pass 1 for a phone-style static graph.
 
     Example:
-        >>> path = export_saved_model(model, "exported/ghostfacenet")
+        >>> import keras, tempfile, tensorflow as tf
+        >>> inputs = keras.Input((112, 112, 3))               # a tiny stand-in for a 512-d GhostFaceNet
+        >>> model = keras.Model(inputs, keras.layers.Dense(512)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> path = export_saved_model(model, f"{tempfile.mkdtemp()}/exported/ghostfacenet")
         >>> serve = tf.saved_model.load(str(path)).signatures["serving_uint8"]
         >>> serve(pixels=tf.zeros([1, 112, 112, 3], tf.uint8))["output_0"].shape
         TensorShape([1, 512])
@@ -68,34 +71,14 @@ def export_saved_model(
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise ExportError(f"{directory}: output folder exists and is not empty; choose a new path")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_output(directory) as staging:
         _write_saved_model(model, staging, batch_size, uint8_signature)
-        if directory.exists():
-            directory.rmdir()
-        staging.rename(directory)
-    except BaseException:
-        _remove_tree(staging)
-        raise
     return directory
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def run_saved_model(directory: str | os.PathLike, images: np.ndarray) -> np.ndarray:
-    """Embeddings from the ``serving_default`` signature of an exported SavedModel."""
-    import tensorflow as tf
+    """Embeddings of normalized float32 `images` from the ``serving_default`` signature of a SavedModel
+    (the runner of `ghostface_keras.load_model`)."""
+    from ghostface_keras.loading import load_model
 
-    serve = tf.saved_model.load(str(directory)).signatures["serving_default"]
-    batch = serve.structured_input_signature[1]["images"].shape[0]
-    step = batch or len(images)
-    outputs = [
-        next(iter(serve(images=tf.constant(images[i : i + step], tf.float32)).values())).numpy()
-        for i in range(0, len(images), step)
-    ]
-    return np.concatenate(outputs).astype(np.float32)
+    return load_model(directory, identify=False, check=False).runner(images)

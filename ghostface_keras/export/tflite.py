@@ -9,15 +9,17 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ghostface_keras.errors import ExportError
+from ghostface_keras.errors import ExportError, GhostFaceError
+from ghostface_keras.files import write_atomically
 from ghostface_keras.export.activation_ranges import clip_activation_ranges, quantize_with_best_percentile
 from ghostface_keras.export.equalize import equalize_channel_ranges
+from ghostface_keras.export.formats import QUANTIZATIONS
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.quantization_aware import is_quantization_aware
 from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
 from ghostface_keras.export.saved_model import _write_saved_model
+from ghostface_keras.export.tflite_metadata import with_tflite_metadata
 
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 # channel ranges are measured on this many calibration images (a max over them, like the converter's)
 EQUALIZATION_IMAGES = 64
 
@@ -80,6 +82,7 @@ def export_tflite(
     batch_size: int = 1,
     equalize: bool = True,
     activation_percentile: float | str | None = "auto",
+    checkpoint: str | None = None,
 ) -> Path:
     """Convert `model` to a TFLite flatbuffer with a static batch and only builtin ops.
 
@@ -102,6 +105,9 @@ def export_tflite(
             (`clip_activation_ranges`); ``"auto"`` (default) tries 99.9..99.999 and keeps the one
             closest to float on held-out calibration images (`quantize_with_best_percentile`);
             ``None`` keeps the converter's min/max.
+        checkpoint: the released checkpoint these weights are (written into the file's metadata, so the file
+            gets that checkpoint's verification threshold however it is quantized); default: recognized from
+            the weights of `model` (`ghostface_keras.loading.identify_checkpoint`), nothing written if none.
 
     A model from `quantization_aware_model` exports only as ``"int8"``: its own ranges become the int8
     scales as they are (no equalization, calibration or percentile), so the file computes what it
@@ -109,8 +115,12 @@ def export_tflite(
     fills only ranges the model lacks.
 
     Example:
-        >>> export_tflite(model, "face_int8.tflite", "int8", representative_data=train_faces[:200])
-        PosixPath('face_int8.tflite')
+        >>> import keras
+        >>> inputs = keras.Input((112, 112, 3))
+        >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+        >>> train_faces = np.random.default_rng(0).uniform(-1, 1, (16, 112, 112, 3)).astype("float32")  # normalized
+        >>> export_tflite(model, f"{tempfile.mkdtemp()}/face_int8.tflite", "int8", representative_data=train_faces)
+        PosixPath('.../face_int8.tflite')
     """
     import tensorflow as tf
 
@@ -143,9 +153,23 @@ def export_tflite(
                 flatbuffer = converter.convert()
         except Exception as error:  # the converter raises several unrelated types
             raise ExportError(f"{path}: TFLite conversion failed ({quantization}): {error}") from error
-    _write_atomically(path, flatbuffer)
+    checkpoint = checkpoint or _recognized_checkpoint(model)
+    if checkpoint:
+        flatbuffer = with_tflite_metadata(flatbuffer, {"checkpoint": checkpoint})
+    write_atomically(path, flatbuffer)
     _check_static_builtin_graph(path)
     return path
+
+
+def _recognized_checkpoint(model) -> str | None:
+    """The released checkpoint `model` runs, from its float weights (None for your own models)."""
+    from ghostface_keras.loading import identify_checkpoint, load_model
+
+    try:
+        found = identify_checkpoint(load_model(model, identify=False, check=False))
+    except GhostFaceError:
+        return None
+    return found.name if found is not None else None
 
 
 def _quantize_with_percentile_ranges(converter, images: np.ndarray, percentile, int8_io: bool) -> bytes:
@@ -176,15 +200,3 @@ def _check_static_builtin_graph(path: Path) -> None:
             f"{path}: graph keeps Flex / dynamic-shape ops {forbidden} or dynamic tensors {dynamic[:5]}; "
             "XNNPACK could not delegate it whole"
         )
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -18,7 +18,9 @@ from ghostface_keras.blocks import (
     conv_bn_act,
     ghost_bottleneck,
     make_divisible,
+    renamed_arguments,
 )
+from ghostface_keras.models._weights import apply_weights
 
 
 class GhostStage(NamedTuple):
@@ -55,10 +57,11 @@ FINAL_CHANNELS = 960
 DFC_FIRST_STACK = 3  # GhostNetV2 uses plain ghost modules in stacks 1-2, DFC attention from stack 3 on
 
 
+@renamed_arguments(strides="stem_strides")
 def ghostnet_features(
     inputs,
     width: float = 1.0,
-    strides: int = 2,
+    stem_strides: int = 2,
     version: int = 1,
     last_expansion: int = 960,
     activation: ActivationSpec = "relu",
@@ -68,16 +71,17 @@ def ghostnet_features(
 ):
     """Build the GhostNet feature extractor on `inputs`; returns the activated final 1x1 conv map.
 
-    `strides` is the stem stride (1 or 2). `version` 2 adds DFC attention to stacks 3..16.
+    `stem_strides` is the stem stride (1 or 2; `strides=` is its deprecated alias). `version` 2 adds
+    DFC attention to stacks 3..16.
     `last_expansion` is the width-1.0 channel count of the last bottleneck's expansion and of the
     final 1x1 conv (960 in the paper, 512 in the official GhostFaceNetV1).
     """
     if version not in (1, 2):
         raise ValueError(f"version must be 1 or 2, got {version!r}")
-    if strides not in (1, 2):
-        raise ValueError(f"strides (the stem stride) must be 1 or 2, got {strides!r}")
+    if stem_strides not in (1, 2):
+        raise ValueError(f"stem_strides must be 1 or 2, got {stem_strides!r}")
     settings = settings or LayerSettings(padding="same" if version == 1 else "symmetric")
-    x = conv_bn_act(inputs, make_divisible(STEM_CHANNELS * width), 3, settings, "stem", strides=strides,
+    x = conv_bn_act(inputs, make_divisible(STEM_CHANNELS * width), 3, settings, "stem", strides=stem_strides,
                     activation=activation)
     for index, stage in enumerate(stages, start=1):
         expansion = last_expansion if index == len(stages) else stage.expansion
@@ -98,11 +102,11 @@ def ghostnet_features(
 
 
 def _ghostnet_classifier(version: int, width: float, input_shape, include_top: bool, num_classes: int,
-                         dropout: float, activation: ActivationSpec, weight_decay: float, name: str):
+                         dropout: float, activation: ActivationSpec, weight_decay: float, name: str, weights):
     settings = LayerSettings(padding="same" if version == 1 else "symmetric", bn_momentum=0.9,
                              bn_epsilon=1e-5, weight_decay=weight_decay)
     inputs = keras.Input(shape=input_shape, name="input")
-    x = ghostnet_features(inputs, width=width, strides=2, version=version, activation=activation,
+    x = ghostnet_features(inputs, width=width, stem_strides=2, version=version, activation=activation,
                           se_gate="hard_sigmoid", settings=settings)
     if include_top:
         x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
@@ -113,11 +117,12 @@ def _ghostnet_classifier(version: int, width: float, input_shape, include_top: b
             x = layers.Dropout(dropout, name="head_dropout")(x)
         x = layers.Dense(num_classes, kernel_regularizer=settings.regularizer(), name="predictions")(x)
         x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, x, name=name)
+    return apply_weights(keras.Model(inputs, x, name=name), weights)
 
 
 def GhostNetV1(width: float = 1.0, input_shape=(224, 224, 3), include_top: bool = True, num_classes: int = 1000,
-               dropout: float = 0.2, activation: ActivationSpec = "relu", weight_decay: float = 0.0) -> keras.Model:
+               dropout: float = 0.2, activation: ActivationSpec = "relu", weight_decay: float = 0.0,
+               weights=None) -> keras.Model:
     """GhostNet (V1) ImageNet classifier of the GhostNet paper (Table 1 / Table 7).
 
     Args:
@@ -128,26 +133,35 @@ def GhostNetV1(width: float = 1.0, input_shape=(224, 224, 3), include_top: bool 
         dropout: dropout rate before the classifier.
         activation: activation of stem, ghost modules, SE hidden layer and head ("relu" as in the paper).
         weight_decay: SGD weight decay, applied as L2(weight_decay / 2) on kernels.
+        weights: `None` (random initialization) or the path of a `.keras` / Keras-3 `.weights.h5` file of
+            the same architecture, copied in with every layer's shapes checked (no ImageNet weights are
+            released; see `GhostFaceNetV1` for the accepted values and errors).
 
     Example:
         >>> model = GhostNetV1(width=1.0)
         >>> round(model.count_params() / 1e6, 1)
         5.2
+        >>> import tempfile
+        >>> path = f"{tempfile.mkdtemp()}/ghostnet.weights.h5"
+        >>> model.save_weights(path)
+        >>> same = GhostNetV1(width=1.0, weights=path)
     """
     return _ghostnet_classifier(1, width, input_shape, include_top, num_classes, dropout, activation,
-                                weight_decay, f"ghostnetv1_w{width:g}")
+                                weight_decay, f"ghostnetv1_w{width:g}", weights)
 
 
 def GhostNetV2(width: float = 1.0, input_shape=(224, 224, 3), include_top: bool = True, num_classes: int = 1000,
-               dropout: float = 0.2, activation: ActivationSpec = "relu", weight_decay: float = 0.0) -> keras.Model:
+               dropout: float = 0.2, activation: ActivationSpec = "relu", weight_decay: float = 0.0,
+               weights=None) -> keras.Model:
     """GhostNetV2 ImageNet classifier (GhostNet with DFC attention from stack 3 on).
 
-    Same arguments as `GhostNetV1`.
+    Same arguments as `GhostNetV1`, `weights=` included.
 
     Example:
         >>> model = GhostNetV2(width=1.0, input_shape=(224, 224, 3))
         >>> model.output_shape
         (None, 1000)
+        >>> model = GhostNetV2(width=1.0, weights="ghostnetv2.keras")      # doctest: +SKIP
     """
     return _ghostnet_classifier(2, width, input_shape, include_top, num_classes, dropout, activation,
-                                weight_decay, f"ghostnetv2_w{width:g}")
+                                weight_decay, f"ghostnetv2_w{width:g}", weights)

@@ -28,7 +28,9 @@ from ghostface_keras.blocks import (
     gdc_head,
     make_divisible,
     mobilefacenet_bottleneck,
+    renamed_arguments,
 )
+from ghostface_keras.models._weights import apply_weights
 
 
 class BottleneckStage(NamedTuple):
@@ -51,22 +53,30 @@ STEM_CHANNELS = 64
 FINAL_CHANNELS = 512
 
 
+@renamed_arguments(scale="embedding_bn_scale")
 def MobileFaceNet(width: float = 1.0, expansion_multiplier: float = 1.0, embedding_size: int = 512,
                   input_shape=(112, 112, 3), activation: ActivationSpec = "prelu", dropout: float = 0.0,
-                  use_bias: bool = False, scale: bool = True, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-                  weight_decay: float = 5e-4, name: str = "MobileFaceNet") -> keras.Model:
+                  use_bias: bool = False, embedding_bn_scale: bool = True, bn_momentum: float = 0.9,
+                  bn_epsilon: float = 1e-5, weight_decay: float = 5e-4, name: str = "MobileFaceNet",
+                  weights=None) -> keras.Model:
     """MobileFaceNet with a GDC head (1.22 M parameters, 221 M MACs at 112x112).
 
     Args:
         width: multiplier of every layer's channel count (stem, blocks, final 1x1 conv).
         expansion_multiplier: multiplier of the bottlenecks' expansion factors only (2 = MMobileFaceNet).
-        embedding_size, input_shape, activation, dropout, use_bias, scale, bn_momentum, bn_epsilon,
-            weight_decay: as in `GhostFaceNetV1`.
+        embedding_size, input_shape, activation, dropout, use_bias, embedding_bn_scale, bn_momentum,
+            bn_epsilon, weight_decay, weights: as in `GhostFaceNetV1` (`scale=` is a deprecated alias of
+            `embedding_bn_scale=`; no MobileFaceNet weights are released, so `weights=` takes a file).
+        name: the model's name.
 
     Example:
         >>> model = MobileFaceNet()
         >>> model.output_shape
         (None, 512)
+        >>> import tempfile
+        >>> path = f"{tempfile.mkdtemp()}/mobilefacenet.keras"
+        >>> model.save(path)
+        >>> same = MobileFaceNet(weights=path)
     """
     settings = LayerSettings(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, weight_decay=weight_decay,
                              padding="same")
@@ -86,19 +96,21 @@ def MobileFaceNet(width: float = 1.0, expansion_multiplier: float = 1.0, embeddi
                                          name=f"block{block}", activation=activation)
     x = conv_bn_act(x, make_divisible(FINAL_CHANNELS * width, 8), 1, settings, "final", activation=activation)
     embedding = gdc_head(x, settings, embedding_size=embedding_size, dropout=dropout, use_bias=use_bias,
-                         scale=scale)
-    return keras.Model(inputs, embedding, name=name)
+                         embedding_bn_scale=embedding_bn_scale)
+    return apply_weights(keras.Model(inputs, embedding, name=name), weights)
 
 
+@renamed_arguments(scale="embedding_bn_scale")
 def MMobileFaceNet(embedding_size: int = 512, input_shape=(112, 112, 3), **kwargs) -> keras.Model:
     """MMobileFaceNet (Hassanpour & Kowsari): MobileFaceNet with doubled bottleneck expansions.
 
     About 2.07 M parameters and 432 M MACs (reported: 2.1 M, 456.89 MFLOPs). Keyword arguments
-    pass through to `MobileFaceNet`.
+    (`weights=` included) pass through to `MobileFaceNet`.
 
     Example:
         >>> round(MMobileFaceNet().count_params() / 1e6, 1)
         2.1
+        >>> model = MMobileFaceNet(weights="mmobilefacenet.weights.h5")    # doctest: +SKIP
     """
     kwargs.setdefault("expansion_multiplier", 2.0)
     kwargs.setdefault("name", "MMobileFaceNet")

@@ -1,4 +1,8 @@
-"""Command line: ``python -m ghostface_keras.export`` / ``ghostface-export``."""
+"""`ghostface-export` (also ``python -m ghostface_keras.export``): export a model and prove parity.
+
+Exit status follows `ghostface_keras.cli`: 0 exported and parity passed, 1 parity missed its threshold,
+2 bad input (one line on stderr).
+"""
 
 from __future__ import annotations
 
@@ -10,22 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ghostface_keras.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, error_line, import_backend_quietly
 from ghostface_keras.errors import ExportError, GhostFaceError
-from ghostface_keras.export.images import load_model_for_export, sample_images
-from ghostface_keras.export.onnx import export_onnx
-from ghostface_keras.export.parity import check_parity
-from ghostface_keras.export.quantization_aware import (
-    fine_tune_quantization_aware,
-    is_quantization_aware,
-    quantization_aware_model,
-)
-from ghostface_keras.export.saved_model import _model_input_shape, export_saved_model
-from ghostface_keras.export.tflite import QUANTIZATIONS, export_tflite
-from ghostface_keras.preprocessing import normalize_images
+from ghostface_keras.export.formats import FORMATS, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
-
-FORMATS = ("savedmodel", "tflite", "onnx")
 
 
 def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -34,7 +27,8 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Export a face-embedding model to SavedModel / TFLite / ONNX and check that it gives "
         "the same embeddings as Keras (exit code 1 when parity misses its threshold).",
     )
-    parser.add_argument("--model", required=True, help=".keras / .h5 file, or a registry name")
+    parser.add_argument("--model", required=True, help=".keras / .h5 file (ours or official), or a released "
+                        "checkpoint name such as GhostFaceNetV1-0.5-2")
     parser.add_argument("--format", choices=FORMATS, default="tflite")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none", help="TFLite only")
     parser.add_argument("--calibration-data", help="folder of aligned 112x112 faces (int8 calibration)")
@@ -85,6 +79,9 @@ def _positive_float(text: str) -> float:
 
 
 def _parity_images(args: argparse.Namespace, height_width: tuple[int, int]) -> np.ndarray:
+    from ghostface_keras.export.images import sample_images
+    from ghostface_keras.preprocessing import normalize_images
+
     if args.parity_data:
         return sample_images(args.parity_data, args.parity_size, seed=1, size=height_width)
     if args.calibration_data:
@@ -97,7 +94,11 @@ def _parity_images(args: argparse.Namespace, height_width: tuple[int, int]) -> n
     return normalize_images(pixels.astype(np.uint8))
 
 
-def _export(args: argparse.Namespace, model, height_width: tuple[int, int]) -> Path:
+def _export(args: argparse.Namespace, model, height_width: tuple[int, int], checkpoint: str | None) -> Path:
+    from ghostface_keras.export import export_onnx, export_saved_model, export_tflite
+    from ghostface_keras.export.images import sample_images
+    from ghostface_keras.export.quantization_aware import fine_tune_quantization_aware, quantization_aware_model
+
     if args.format == "savedmodel":
         batch = None if args.batch_size <= 0 else args.batch_size
         return export_saved_model(model, args.output, batch, uint8_signature=not args.no_uint8_signature)
@@ -114,9 +115,10 @@ def _export(args: argparse.Namespace, model, height_width: tuple[int, int]) -> P
         fine_tune_quantization_aware(twin, model, calibration, steps=args.fine_tune_steps,
                                      batch_size=max(1, min(32, len(calibration) * 3 // 4)),
                                      learning_rate=args.fine_tune_learning_rate)
-        return export_tflite(twin, args.output, "int8", calibration[:32], args.int8_io, args.batch_size)
+        return export_tflite(twin, args.output, "int8", calibration[:32], args.int8_io, args.batch_size,
+                             checkpoint=checkpoint)
     return export_tflite(model, args.output, args.quantization, calibration, args.int8_io, args.batch_size,
-                         activation_percentile=args.activation_percentile)
+                         activation_percentile=args.activation_percentile, checkpoint=checkpoint)
 
 
 # what to try when a quantized file misses its threshold (docs/export.md, "Full-int8 accuracy")
@@ -143,22 +145,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fine_tune_steps and args.quantization != "int8":
             raise ExportError("--fine-tune-steps applies to --quantization int8 only")
         threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
-        model = load_model_for_export(args.model)
+        import_backend_quietly()
+        from ghostface_keras.export.parity import check_parity
+        from ghostface_keras.export.quantization_aware import is_quantization_aware
+        from ghostface_keras.loading import load_model
+
+        loaded = load_model(args.model)
+        model = loaded.keras_model
+        if model is None:
+            raise ExportError(f"{args.model}: a {loaded.format} file cannot be exported again: give the Keras model "
+                              "(.keras, .h5 or a released checkpoint name)")
         if is_quantization_aware(model):
             raise ExportError(
                 f"{args.model} is a quantization-aware twin: pass the float model with --fine-tune-steps, or "
                 "export the twin with export_tflite in Python"
             )
-        height, width, _ = _model_input_shape(model)
-        exported = _export(args, model, (height, width))
-        images = _parity_images(args, (height, width))
+        size = (loaded.input_size, loaded.input_size)
+        exported = _export(args, model, size, loaded.checkpoint.name if loaded.checkpoint else None)
+        images = _parity_images(args, size)
         report = check_parity(model, exported, images, args.quantization, latency_threads=threads)
-    except GhostFaceError as error:
-        print(f"ghostface-export: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # e.g. a malformed --threads list
-        print(f"ghostface-export: error: {error}", file=sys.stderr)
-        return 2
+    except (GhostFaceError, ValueError) as error:  # ValueError: e.g. a malformed --threads list
+        print(error_line("ghostface-export", error), file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(report.to_markdown())
     if not report.passed:
         hint = _PARITY_HINTS.get(args.quantization, "")
@@ -166,5 +174,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = (" (after quantization-aware fine-tuning: more --fine-tune-steps or a larger --calibration-size may "
                     "help; --quantization float16 keeps cosine > 0.999 at half the fp32 size)")
         print(f"ghostface-export: parity FAILED for {exported}: {'; '.join(report.failures)}{hint}", file=sys.stderr)
-        return 1
+        return EXIT_CHECK_FAILED
     return 0

@@ -1,4 +1,4 @@
-"""Embedding extraction: flip TTA, batching and every model format against a plain model.predict."""
+"""The one embedding path: flip TTA, batching and every model format against a plain model.predict."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from ghostface_keras.errors import DataError, ModelLoadError  # noqa: E402
-from ghostface_keras.evaluation import embeddings as e  # noqa: E402
+from ghostface_keras import embedding as e  # noqa: E402
+from ghostface_keras.loading import load_model  # noqa: E402
 from ghostface_keras.preprocessing import normalize_images  # noqa: E402
 
 SIZE = 32
@@ -19,7 +20,7 @@ def _tiny_model(seed: int = 0) -> "keras.Model":
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)
     x = keras.layers.Flatten()(x)  # position-dependent, so a mirrored image gives another embedding
-    outputs = keras.layers.Dense(8, name="embedding")(x)
+    outputs = keras.layers.Dense(32, name="embedding")(x)
     return keras.Model(inputs, outputs)
 
 
@@ -102,16 +103,16 @@ def test_static_batch_tflite_export_is_fed_in_chunks(model, images, tmp_path):
 
 def test_wrong_paths_and_inputs_give_clear_errors(tmp_path, model):
     with pytest.raises(ModelLoadError, match="not found"):
-        e.load_embedding_model(tmp_path / "missing.keras")
+        load_model(tmp_path / "missing.keras")
     broken = tmp_path / "broken.keras"
     broken.write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError, match="broken.keras"):
-        e.load_embedding_model(broken)
+        load_model(broken)
     with pytest.raises(ModelLoadError, match="unknown model format"):
         (tmp_path / "weights.txt").write_text("x")
-        e.load_embedding_model(tmp_path / "weights.txt")
+        load_model(tmp_path / "weights.txt")
     with pytest.raises(ModelLoadError, match="not a SavedModel"):
-        e.load_embedding_model(tmp_path)
+        load_model(tmp_path)
     with pytest.raises(DataError, match="expects 32x32"):
         e.extract_embeddings(model, np.zeros((2, 40, 40, 3), np.uint8), progress=False)
 

@@ -1,0 +1,83 @@
+"""The command lines: `ghostface`, `ghostface-train`, `ghostface-eval`, `ghostface-export`, `ghostface-convert`,
+`ghostface-zoo` (root `train.py` / `eval.py` are shims over `train` / `evaluate` here).
+
+One convention for all of them:
+- exit status 0: done; 1: the command ran but its result failed a check (export parity missed its threshold,
+  a process of a multi-process run was lost); 2: bad input (options, files, models, data), reported as one
+  line `<prog>: error: <file>: <problem>` on stderr (`-v` / `--verbose` adds the traceback where offered);
+  130: interrupted.
+- `--help` answers without importing TensorFlow; TensorFlow's start-up lines are kept off the terminal.
+
+The library never imports this package.
+
+Example:
+    >>> from ghostface_keras.cli import EXIT_BAD_INPUT
+    >>> EXIT_BAD_INPUT
+    2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def quiet_tensorflow_logs() -> None:
+    """Silence TensorFlow's C++ log lines (set before TensorFlow is imported; an explicit setting wins)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file; replay it only if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_backend_quietly() -> None:
+    """Import Keras (and so its backend) with TensorFlow's start-up lines swallowed.
+
+    TensorFlow >= 2.18 writes some of them before its logging is initialized, so no environment variable
+    stops them; they go to a temporary file instead and are shown only if the import fails.
+    """
+    quiet_tensorflow_logs()
+    if "keras" in sys.modules:
+        return
+    try:
+        with _stderr_captured():
+            import keras  # noqa: F401
+    except ImportError:
+        raise
+    except OSError:  # no usable file descriptor 2 (embedded interpreters): import normally
+        import keras  # noqa: F401
+
+
+def error_line(prog: str, error: BaseException) -> str:
+    """The one line a command prints for a failure.
+
+    Example:
+        >>> error_line("ghostface", FileNotFoundError("a.jpg: not found"))
+        'ghostface: error: a.jpg: not found'
+    """
+    text = str(error).strip().splitlines()
+    return f"{prog}: error: {text[0] if text else type(error).__name__}"

@@ -1,0 +1,48 @@
+"""`ghostface-convert IN.h5 OUT.keras`: convert an official GhostFaceNets Keras-2 checkpoint and self-check it.
+
+Exit status follows `ghostface_keras.cli`: 0 converted (the reloaded file reproduces the converted model to
+1e-5), 1 the reload self-check failed, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ghostface_keras.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, error_line, import_backend_quietly
+
+SELF_CHECK_TOLERANCE = 1e-5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Convert, write atomically, reload and compare.
+
+    Example:
+        >>> main(["GN_W0.5_S2_ArcFace_epoch16.h5", "gn_w05.keras"])  # doctest: +SKIP
+        variant: GhostFaceNetV1-0.5-2 (...)
+        wrote gn_w05.keras; reload self-check max abs difference: 0
+        0
+    """
+    parser = argparse.ArgumentParser(prog="ghostface-convert", description="Convert an official GhostFaceNets "
+                                     "Keras-2 .h5 file to a Keras 3 .keras model.")
+    parser.add_argument("source", help="official .h5 file (full-model save)")
+    parser.add_argument("destination", help="output .keras file")
+    args = parser.parse_args(argv)
+    import_backend_quietly()
+    from ghostface_keras.convert import convert_file
+    from ghostface_keras.errors import GhostFaceError
+
+    try:
+        variant, difference = convert_file(args.source, args.destination)
+    except GhostFaceError as error:
+        print(error_line("ghostface-convert", error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"variant: {variant.name} (use_bias={variant.use_bias}, scale={variant.scale}, "
+          f"embedding={variant.embedding_size}, se_gate={variant.se_gate}, bn_epsilon={variant.bn_epsilon:g})")
+    print(f"wrote {args.destination}; reload self-check max abs difference: {difference:.3g}")
+    return 0 if difference < SELF_CHECK_TOLERANCE else EXIT_CHECK_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

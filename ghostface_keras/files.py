@@ -1,0 +1,150 @@
+"""Files the project reads and writes: the one atomic writer and the one list of image extensions.
+
+Every file the library writes (models, exports, reports, histories, galleries, embeddings) goes through
+`atomic_output`: the writer fills a temporary path beside the target, named uniquely per writer
+(process id + random token), and only a complete result is renamed over the target. Concurrent writers
+of one output therefore leave one complete result, readers never see a partial file, and a failed write
+removes its temporary. New files follow the process umask (no `mkstemp`, which would create 0600 files).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> write_atomically(folder / "notes.txt", "hello\\n").read_text()
+    'hello\\n'
+    >>> with atomic_output(folder / "numbers.bin") as temporary:
+    ...     _ = temporary.write_bytes(b"\\x00\\x01")
+    >>> (folder / "numbers.bin").read_bytes()
+    b'\\x00\\x01'
+    >>> sorted(path.name for path in folder.iterdir())
+    ['notes.txt', 'numbers.bin']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator, Union
+
+# Image files the library reads, everywhere: alignment, calibration, evaluation folders and training folders.
+# PIL reads all of them; the training pipeline decodes the same set.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".pnm", ".tif", ".tiff")
+
+_PARTIAL_MARK = ".partial"
+
+Content = Union[bytes, str, Callable[[Path], object]]
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a name with one of `IMAGE_EXTENSIONS` (case-insensitive) that is not a hidden/partial file.
+
+    Example:
+        >>> is_image_file("a/B.JPG"), is_image_file("notes.txt"), is_image_file(".photo.jpg.1a2b.partial.jpg")
+        (True, False, False)
+    """
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under `folder` (sub-folders too unless `recursive=False`), sorted by path.
+
+    Raises:
+        DataError: `folder` is not a directory.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("bob/2.png", "alice/1.jpg", "alice/notes.txt"):
+        ...     (root / name).parent.mkdir(exist_ok=True); _ = (root / name).write_bytes(b"")
+        >>> [str(path.relative_to(root)) for path in list_images(root)]
+        ['alice/1.jpg', 'bob/2.png']
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        from ghostface_keras.errors import DataError
+
+        raise DataError(f"{root}: not a directory")
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    return sorted(path for path in candidates if is_image_file(path) and path.is_file())
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A fresh, unique sibling name for writing `path`: `.<name>.<pid>-<token>.partial<suffix>`.
+
+    The suffix is kept because some writers infer the format from it (`.keras`, `.npz`, `.png`).
+    """
+    target = Path(path)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    return target.with_name(f".{target.name}.{token}{_PARTIAL_MARK}{target.suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _replace(temporary: Path, target: Path) -> None:
+    if temporary.is_dir() and target.is_dir() and not target.is_symlink():
+        # a folder (SavedModel) cannot be renamed over a non-empty folder: move the old one aside first
+        retired = temporary_path(target)
+        os.replace(target, retired)
+        os.replace(temporary, target)
+        _remove(retired)
+        return
+    os.replace(temporary, target)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Write to the yielded temporary path; on success it becomes `path`, on any failure it is removed.
+
+    Works for files and for folders (a SavedModel): whatever the writer created at the temporary path is
+    renamed over `path` in one step. Parent folders are created.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "out" / "model.bin"
+        >>> with atomic_output(target) as temporary:
+        ...     _ = temporary.write_bytes(b"weights")
+        >>> target.read_bytes()
+        b'weights'
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(target)
+    try:
+        yield temporary
+        if not temporary.exists():
+            raise FileNotFoundError(f"{target}: the writer produced nothing")
+        _replace(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def write_atomically(path: str | os.PathLike, content: Content) -> Path:
+    """Write `content` (bytes, text as UTF-8, or a function that writes the path it is given) to `path`
+    atomically (see `atomic_output`) and return `path`.
+
+    Example:
+        >>> import tempfile, pathlib, json
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "config.json"
+        >>> _ = write_atomically(target, lambda temporary: temporary.write_text(json.dumps({"epochs": 2})))
+        >>> json.loads(target.read_text())
+        {'epochs': 2}
+    """
+    target = Path(path)
+    with atomic_output(target) as temporary:
+        if isinstance(content, bytes):
+            temporary.write_bytes(content)
+        elif isinstance(content, str):
+            temporary.write_text(content, encoding="utf-8")
+        else:
+            content(temporary)
+    return target
