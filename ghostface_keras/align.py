@@ -36,6 +36,7 @@ from PIL import Image
 
 from ghostface_keras.errors import DataError, GhostFaceError
 from ghostface_keras.files import IMAGE_EXTENSIONS, list_images, write_atomically
+from ghostface_keras.progress import ProgressBar
 from ghostface_keras.images import ImageInput, describe_image, load_rgb_image  # noqa: F401 - the one reader, re-exported
 
 logger = logging.getLogger(__name__)
@@ -338,8 +339,6 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         >>> [str(path.relative_to(photos)) for path in report.no_face]
         ['bob/1.jpg']
     """
-    import keras  # only for the progress bar; keeps `import ghostface_keras.align` light
-
     detector_object = get_detector(detector)
     if detector_object is None:
         raise GhostFaceError("align_folder needs a face detector (detector='none' only suits pre-aligned crops)")
@@ -348,13 +347,13 @@ def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     if not images:
         raise DataError(f"{input_root}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
     report = FolderAlignmentReport([], [], [], [])
-    bar = keras.utils.Progbar(len(images), unit_name="photo", stateful_metrics=["no_face"]) if progress else None
+    bar = ProgressBar(len(images), "photo") if progress else None
     for index, path in enumerate(images):
         target = (output_root / path.relative_to(input_root)).with_suffix("." + image_format.lstrip("."))
         if not (skip_existing and target.exists()):
             _align_one_file(path, target, detector_object, size, report)
         if bar is not None:
-            bar.update(index + 1, [("no_face", len(report.no_face))])
+            bar.update(index + 1)
     _write_skip_list(output_root, report)
     _write_landmarks_csv(output_root, report)
     return report

@@ -29,6 +29,7 @@ from ghostface_keras.errors import DataError
 from ghostface_keras.loading import LoadedModel, load_model
 from ghostface_keras.numeric import l2_normalize
 from ghostface_keras.preprocessing import normalize_images
+from ghostface_keras.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def extract_embeddings(model: Any, images: np.ndarray | Iterable[np.ndarray], ba
         batches: Iterable[np.ndarray] = iterate_batches(images, embed.batch_size)
     else:
         batches = images
-    bar = _progress_bar(total) if progress else None
+    bar = ProgressBar(total, "image") if progress else None
     outputs, done = [], 0
     for batch in batches:
         for start in range(0, len(batch), embed.batch_size):
@@ -203,9 +204,3 @@ def extract_embeddings(model: Any, images: np.ndarray | Iterable[np.ndarray], ba
         raise DataError(f"the model produced NaN/inf embeddings for {int(np.sum(~np.isfinite(embeddings).all(1)))} "
                         "images (diverged weights?)")
     return l2_normalize(embeddings) if normalize else embeddings
-
-
-def _progress_bar(total: int | None) -> Any:
-    import keras
-
-    return keras.utils.Progbar(total, unit_name="image")

@@ -3,8 +3,8 @@
 Every file the library writes (models, exports, reports, histories, galleries, embeddings) goes through
 `atomic_output`: the writer fills a temporary path beside the target, named uniquely per writer
 (process id + random token), and only a complete result is renamed over the target. Concurrent writers
-of one output therefore leave one complete result, readers never see a partial file, and a failed write
-removes its temporary. New files follow the process umask (no `mkstemp`, which would create 0600 files).
+of one output therefore leave one complete result, readers never see a partial file, a failed write
+removes its temporary, and the temporaries of killed writers are removed by the next write of the same output. New files follow the process umask (no `mkstemp`, which would create 0600 files).
 
 Example:
     >>> import tempfile, pathlib
@@ -81,6 +81,43 @@ def temporary_path(path: str | os.PathLike) -> Path:
     return target.with_name(f".{target.name}.{token}{_PARTIAL_MARK}{target.suffix}")
 
 
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that killed writers of `path` left behind (their process id is in the name and no
+    longer runs); a live writer's temporary is kept. Returns what was removed.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "model.keras"
+        >>> _ = target.with_name(".model.keras.999999999-0a1b2c3d.partial.keras").write_bytes(b"")  # a dead pid
+        >>> [path.name for path in remove_stale_partials(target)]
+        ['.model.keras.999999999-0a1b2c3d.partial.keras']
+    """
+    target = Path(path)
+    removed = []
+    for candidate in target.parent.glob(f".{glob_escape(target.name)}.*{_PARTIAL_MARK}*"):
+        token = candidate.name[len(target.name) + 2:].split(".", 1)[0]
+        pid = token.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _writer_alive(int(pid)):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob wildcards escaped (file names may hold `[`, `*` or `?`)."""
+    return "".join(f"[{character}]" if character in "[]*?" else character for character in name)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -117,6 +154,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target)  # what a killed earlier writer left (a SIGKILL skips every cleanup)
     temporary = temporary_path(target)
     try:
         yield temporary

@@ -45,6 +45,7 @@ from ghostface_keras.errors import DataError, NoFaceError
 from ghostface_keras.files import list_images, write_atomically
 from ghostface_keras.loading import LoadedModel, load_model
 from ghostface_keras.numeric import l2_normalize
+from ghostface_keras.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class FaceEmbedder:
         `NoFaceError` (so rows stay aligned with the inputs).
         """
         crops, missing = [], []
-        bar = _progress_bar(len(images)) if progress else None
+        bar = ProgressBar(len(images), "photo") if progress else None
         for index, image in enumerate(images):
             try:
                 crops.append(self._largest_crop(image))
@@ -312,12 +313,6 @@ class FaceEmbedder:
     def _whole_image_face(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         height, width = rgb.shape[:2]
         return np.array([0, 0, width, height], np.float32), np.full((5, 2), np.nan, np.float32), 1.0
-
-
-def _progress_bar(total: int) -> Any:
-    import keras
-
-    return keras.utils.Progbar(total, unit_name="photo")
 
 
 def _gallery_entries(source: Any) -> list[tuple[str, ImageInput]]:

@@ -225,6 +225,8 @@ def test_cli_errors_are_one_clean_line(model_file, tmp_path, capsys):
     assert status == 2
     assert error.strip() == f"ghostface: error: {tmp_path / 'missing.jpg'}: file not found"
 
-    status = main(["embed", "x.jpg", "--model", str(tmp_path / "no_model.keras"), "--output", "e.npy"])
+    Image.new("RGB", (112, 112)).save(tmp_path / "x.jpg")
+    status = main(["embed", str(tmp_path / "x.jpg"), "--model", str(tmp_path / "no_model.keras"),
+                   "--output", str(tmp_path / "e.npy")])
     error = capsys.readouterr().err
     assert status == 2 and error.count("\n") == 1 and "no_model.keras: model file not found" in error

@@ -27,10 +27,10 @@ def _build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="are two photos the same person?")
     verify.add_argument("image_a")
     verify.add_argument("image_b")
-    embed = commands.add_parser("embed", help="write unit embeddings of photos to a .npy file")
+    embed = commands.add_parser("embed", help="write unit embeddings of photos to a .npz (or .npy) file")
     embed.add_argument("images", nargs="+")
-    embed.add_argument("--output", "-o", required=True, help="output .npy (N x D float32); the file order is "
-                       "written beside it as <output>.txt")
+    embed.add_argument("--output", "-o", required=True, help="output .npz (embeddings N x D float32 and their "
+                       "paths, one file) or .npy (embeddings; the paths in <output stem>.txt, written together)")
     embed.add_argument("--skip-missing", action="store_true", help="NaN rows for photos without a face "
                        "instead of stopping")
     identify = commands.add_parser("identify", help="who is this? rank the people of a gallery folder")
@@ -46,12 +46,40 @@ def _build_parser() -> argparse.ArgumentParser:
         command.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
         command.add_argument("--verbose", "-v", action="store_true")
     for command in (verify, identify):
-        command.add_argument("--threshold", type=float, help="cosine threshold (default: the released checkpoint's, "
+        command.add_argument("--threshold", type=_cosine_threshold, help="cosine threshold (default: the released checkpoint's, "
                              "recognized from the weights; else 0.30)")
     return parser
 
 
+def _cosine_threshold(text: str) -> float:
+    """A cosine threshold: a finite number in [-1, 1] (argparse turns the ValueError into a usage error)."""
+    value = float(text)
+    if not -1.0 <= value <= 1.0:  # also refuses nan
+        raise ValueError(f"{text} is not a cosine threshold in [-1, 1]")
+    return value
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Refuse bad arguments before the model loads (seconds), in one line naming the file."""
+    from ghostface_keras.errors import DataError
+
+    photos = {"verify": lambda: [args.image_a, args.image_b], "embed": lambda: args.images,
+              "identify": lambda: [args.probe]}[args.command]()
+    for photo in photos:
+        if not Path(photo).is_file():
+            raise DataError(f"{photo}: file not found")
+    if args.command == "identify" and not Path(args.gallery).exists():
+        raise DataError(f"{args.gallery}: gallery folder or .npz not found")
+    if args.command == "embed":
+        output = Path(args.output)
+        if output.suffix.lower() not in (".npz", ".npy"):
+            raise DataError(f"{output}: --output must end in .npz (embeddings and paths in one file) or .npy")
+        if output.is_dir():
+            raise DataError(f"{output}: --output is a folder; give a file name")
+
+
 def _run_command(args: argparse.Namespace) -> int:
+    _check_inputs(args)
     import_backend_quietly()
     from ghostface_keras.inference import FaceEmbedder, Gallery
 
@@ -80,14 +108,18 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _save_embeddings(output: Path, embeddings: np.ndarray, images: Sequence[str]) -> None:
-    from ghostface_keras.files import write_atomically
+    """One `.npz` (embeddings and paths), or a `.npy` and its `.txt` of paths renamed into place together."""
+    from ghostface_keras.files import atomic_output
 
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
+    paths = [str(image) for image in images]
+    if output.suffix.lower() == ".npz":
+        with atomic_output(output) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, embeddings=embeddings, paths=np.array(paths, dtype=str))
+        return
+    with atomic_output(output) as array_file, atomic_output(output.with_suffix(".txt")) as order_file:
+        with open(array_file, "wb") as handle:
             np.save(handle, embeddings)
-
-    write_atomically(output, write)
-    write_atomically(output.with_suffix(".txt"), "\n".join(str(image) for image in images) + "\n")
+        order_file.write_text("\n".join(paths) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ghostface_keras.progress import ProgressBar
+
 logger = logging.getLogger(__name__)
 
 # Decompression-bomb guard: no face crop needs more than 64 megapixels.
@@ -101,14 +103,12 @@ def decode_many(
     return (images if ok.all() else images[ok]), failures
 
 
-def _progress(count: int, label: str | None):
-    """A Keras progress bar for long decodes only (short ones would just add noise to logs)."""
+def _progress(count: int, label: str | None) -> ProgressBar | None:
+    """A progress bar for long decodes only (short ones would just add noise to logs)."""
     if label is None or count < 5000:
         return None
-    import keras
-
     logger.info(label)
-    return keras.utils.Progbar(count, unit_name="image")
+    return ProgressBar(count, "image")
 
 
 def sniff_image_extension(encoded: bytes) -> str:

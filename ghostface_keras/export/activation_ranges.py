@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ghostface_keras.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ def activation_histograms(
     calibrated: bytes, images: np.ndarray, ranges: dict[int, tuple[float, float]], bins: int = HISTOGRAM_BINS
 ) -> dict[int, np.ndarray]:
     """Counts of every calibrated tensor's values over `images`, in `bins` bins spanning its range."""
-    import keras
     import tensorflow as tf
 
     interpreter = tf.lite.Interpreter(
@@ -69,15 +69,13 @@ def activation_histograms(
     interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
     counts = {index: np.zeros(bins, np.int64) for index in ranges}
-    # a progress bar only on a terminal: piped CLI output and benchmark tables stay clean
-    progress = keras.utils.Progbar(len(images), unit_name="image") if sys.stdout.isatty() else None
+    progress = ProgressBar(len(images), "image")  # draws only on a terminal
     for number, image in enumerate(images, 1):
         interpreter.set_tensor(input_index, np.asarray(image, np.float32)[None])
         interpreter.invoke()
         for index, (low, high) in ranges.items():
             counts[index] += bin_counts(interpreter.get_tensor(index), low, high, bins)
-        if progress is not None:
-            progress.update(number)
+        progress.update(number)
     return counts
 
 

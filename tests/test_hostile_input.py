@@ -1,0 +1,125 @@
+"""Hostile and careless input through the public commands: one line and exit status 2, nothing half-written,
+no escape codes in piped output (the first part of the hostile-input issue; more cases follow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from ghostface_keras.cli.face import main as face_main
+from ghostface_keras.files import remove_stale_partials, write_atomically
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((112, 112, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 5, strides=4)(inputs))
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    keras.Model(inputs, keras.layers.Dense(32)(features)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for index in range(3):
+        paths.append(folder / f"face{index}.png")
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+def _one_line(capsys, status: int, expected_status: int = 2) -> str:
+    captured = capsys.readouterr()
+    assert status == expected_status
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_embed_output_named_txt_is_refused_instead_of_overwritten_by_the_order_file(model_file, photos, tmp_path,
+                                                                                    capsys):
+    output = tmp_path / "e.txt"
+    line = _one_line(capsys, face_main(["embed", *map(str, photos), "--model", str(model_file), "--detector", "none",
+                                        "--output", str(output)]))
+    assert line == f"ghostface: error: {output}: --output must end in .npz (embeddings and paths in one file) or .npy"
+    assert not output.exists()
+
+
+def test_embed_npz_holds_embeddings_and_their_paths_in_one_file(model_file, photos, tmp_path, capsys):
+    output = tmp_path / "out" / "e.npz"
+    assert face_main(["embed", *map(str, photos), "--model", str(model_file), "--detector", "none",
+                      "--output", str(output)]) == 0
+    with np.load(output, allow_pickle=False) as saved:
+        assert saved["embeddings"].shape == (3, 32) and saved["paths"].tolist() == [str(path) for path in photos]
+    assert sorted(path.name for path in output.parent.iterdir()) == ["e.npz"]
+
+
+def test_embed_npy_and_its_order_file_agree(model_file, photos, tmp_path):
+    output = tmp_path / "e.npy"
+    for order in (photos, photos[::-1]):
+        assert face_main(["embed", *map(str, order), "--model", str(model_file), "--detector", "none",
+                          "--output", str(output)]) == 0
+        assert output.with_suffix(".txt").read_text().split() == [str(path) for path in order]
+        assert np.load(output).shape == (3, 32)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["e.npy", "e.txt"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1.5", "-2", "abc"])
+def test_a_threshold_that_is_not_a_cosine_is_a_usage_error(model_file, photos, value, capsys):
+    with pytest.raises(SystemExit) as raised:
+        face_main(["verify", str(photos[0]), str(photos[1]), "--model", str(model_file), "--threshold", value])
+    assert raised.value.code == 2
+    assert "--threshold" in capsys.readouterr().err
+
+
+def test_inputs_are_checked_before_the_model_loads(photos, tmp_path, capsys):
+    """A missing photo is reported at once, even with a model that does not exist: no model was opened."""
+    missing = tmp_path / "nobody.jpg"
+    started = time.monotonic()
+    line = _one_line(capsys, face_main(["verify", str(photos[0]), str(missing), "--model",
+                                        str(tmp_path / "also_missing.keras")]))
+    assert line == f"ghostface: error: {missing}: file not found"
+    assert time.monotonic() - started < 5
+    line = _one_line(capsys, face_main(["identify", str(photos[0]), "--gallery", str(tmp_path / "no_gallery"),
+                                        "--model", str(tmp_path / "also_missing.keras")]))
+    assert line.endswith("no_gallery: gallery folder or .npz not found")
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model.keras"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead = target.with_name(".model.keras.999999999-00000000.partial.keras")      # no such process
+        alive = target.with_name(f".model.keras.{child.pid}-00000000.partial.keras")  # a writer still at work
+        dead.write_bytes(b"")
+        alive.write_bytes(b"")
+        write_atomically(target, b"weights")
+        assert target.read_bytes() == b"weights" and not dead.exists() and alive.exists()
+    finally:
+        child.kill()
+        child.wait()
+    assert remove_stale_partials(target) == [alive]
+
+
+def test_piped_commands_print_no_progress_bars_or_escape_codes(model_file, photos, tmp_path):
+    output = tmp_path / "e.npz"
+    done = subprocess.run([sys.executable, "-c", "import sys; from ghostface_keras.cli.face import main; "
+                           "sys.exit(main(sys.argv[1:]))", "embed", *map(str, photos), "--model", str(model_file),
+                           "--detector", "none", "--output", str(output)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == f"wrote 3 x 32 embeddings to {output}\n"
+    assert "\r" not in done.stderr and "\x1b" not in done.stderr and "photos [" not in done.stderr
