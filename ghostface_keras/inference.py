@@ -103,9 +103,15 @@ class Gallery:
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls(data["names"].tolist(), data["embeddings"].astype(np.float32), data["paths"].tolist())
-        except (OSError, KeyError, ValueError) as error:
+                names, embeddings, paths = data["names"].tolist(), data["embeddings"], data["paths"].tolist()
+        except (OSError, KeyError, ValueError, EOFError) as error:
             raise DataError(f"{path}: not a gallery .npz file ({error})") from None
+        if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating) or len(embeddings) == 0:
+            raise DataError(f"{path}: gallery embeddings have shape {embeddings.shape} and type {embeddings.dtype}; "
+                            "expected a non-empty (N, D) float array")
+        if len(names) != len(embeddings) or (paths and len(paths) != len(embeddings)):
+            raise DataError(f"{path}: {len(names)} names and {len(paths)} paths for {len(embeddings)} embeddings")
+        return cls(names, embeddings.astype(np.float32), paths)
 
 
 class FaceEmbedder:
@@ -287,7 +293,11 @@ class FaceEmbedder:
         threshold = self.threshold if threshold is None else float(threshold)
         if not isinstance(gallery, Gallery):
             gallery = self.build_gallery(gallery)
-        similarities = gallery.embeddings @ self.embed(probe)
+        probe_embedding = self.embed(probe)
+        if gallery.embeddings.shape[1] != len(probe_embedding):
+            raise DataError(f"the gallery holds {gallery.embeddings.shape[1]}-d embeddings but this model makes "
+                            f"{len(probe_embedding)}-d ones: build the gallery with the same model")
+        similarities = gallery.embeddings @ probe_embedding
         best_per_name: dict[str, int] = {}
         for index, name in enumerate(gallery.names):
             if name not in best_per_name or similarities[index] > similarities[best_per_name[name]]:

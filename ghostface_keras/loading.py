@@ -210,7 +210,12 @@ def _load_keras_file(path: Path, check: bool) -> LoadedModel:
             return _from_keras(load_official(str(path)), str(path), "official-h5", check)
         except GhostFaceError as error:
             raise ModelLoadError(str(error)) from None
+    import zipfile
+
     import ghostface_keras.export.quantization_aware  # noqa: F401 - registers the quantization-aware layers
+
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path}: not a .keras file (a .keras model is a zip archive; this file is not one)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

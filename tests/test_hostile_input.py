@@ -123,3 +123,40 @@ def test_piped_commands_print_no_progress_bars_or_escape_codes(model_file, photo
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == f"wrote 3 x 32 embeddings to {output}\n"
     assert "\r" not in done.stderr and "\x1b" not in done.stderr and "photos [" not in done.stderr
+
+
+def test_a_random_bytes_keras_file_is_named_as_not_a_keras_file(tmp_path):
+    from ghostface_keras.errors import ModelLoadError
+    from ghostface_keras.loading import load_model
+
+    path = tmp_path / "random.keras"
+    path.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(path)
+    assert str(raised.value) == f"{path}: not a .keras file (a .keras model is a zip archive; this file is not one)"
+
+
+@pytest.mark.parametrize("arrays, problem", [
+    (dict(names=np.array(["a", "b"]), embeddings=np.ones((3, 32), np.float32), paths=np.array([], str)),
+     "2 names and 0 paths for 3 embeddings"),
+    (dict(names=np.array(["a"]), embeddings=np.ones((1, 2, 3), np.float32), paths=np.array(["x"])),
+     "expected a non-empty (N, D) float array"),
+    (dict(names=np.array(["a"]), paths=np.array(["x"])), "not a gallery .npz file"),
+])
+def test_inconsistent_gallery_files_are_one_line(model_file, photos, tmp_path, capsys, arrays, problem):
+    gallery = tmp_path / "gallery.npz"
+    np.savez(gallery, **arrays)
+    line = _one_line(capsys, face_main(["identify", str(photos[0]), "--gallery", str(gallery), "--model",
+                                        str(model_file), "--detector", "none"]))
+    assert line.startswith(f"ghostface: error: {gallery}: ") and problem in line
+
+
+def test_a_gallery_of_another_embedding_size_is_one_line(model_file, photos, tmp_path, capsys):
+    from ghostface_keras.inference import Gallery
+
+    gallery = tmp_path / "g128.npz"
+    Gallery(["a", "b"], np.eye(2, 128, dtype=np.float32), ["a.jpg", "b.jpg"]).save(gallery)
+    line = _one_line(capsys, face_main(["identify", str(photos[0]), "--gallery", str(gallery), "--model",
+                                        str(model_file), "--detector", "none"]))
+    assert line == ("ghostface: error: the gallery holds 128-d embeddings but this model makes 32-d ones: build the "
+                    "gallery with the same model")
