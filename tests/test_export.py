@@ -250,22 +250,6 @@ def test_onnx_matches_keras(models, images, tmp_path, version):
     assert relative < 1e-4
 
 
-def test_onnx_resize_to_a_fractional_scale_keeps_its_size(tmp_path):
-    """GhostNetV2's DFC gate resizes 3x3 -> 7x7; tf2onnx's float32 scale 7/3 would make it 6x6 in onnxruntime."""
-    if not export.onnx_available():
-        pytest.skip("tf2onnx / onnxruntime not installed (extra 'onnx')")
-    layers = keras.layers
-    inputs = keras.Input((7, 7, 4))
-    gate = layers.AveragePooling2D(2, strides=2, padding="valid")(inputs)
-    gate = layers.Conv2D(4, 1, activation="sigmoid")(gate)
-    gate = layers.Resizing(7, 7, interpolation="bilinear")(gate)
-    model = keras.Model(inputs, layers.Flatten()(layers.Multiply()([inputs, gate])))
-    images = np.random.default_rng(0).normal(size=(3, 7, 7, 4)).astype(np.float32)
-    path = export.export_onnx(model, tmp_path / "gate.onnx")
-    expected = np.asarray(model(images))
-    np.testing.assert_allclose(export.run_onnx(path, images), expected, atol=1e-5 * np.abs(expected).max())
-
-
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
