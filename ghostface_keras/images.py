@@ -22,6 +22,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ghostface_keras.errors import DataError
 
+# Largest photo decoded (width x height): 50 megapixels is above any phone camera; a larger canvas is refused from
+# its header, before its pixels are allocated (3 bytes each, and several copies during conversion).
+MAX_PIXELS = 50_000_000
+
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 
 
@@ -70,13 +74,23 @@ def _open_image_file(source: str | os.PathLike | bytes) -> Image.Image:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         pil_image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        # the header is read, the pixels are not: refuse a huge canvas before it is allocated (a small PNG can
+        # declare 100 megapixels of one colour)
+        width, height = pil_image.size
+        if width * height > MAX_PIXELS:
+            raise DataError(f"{name}: {width}x{height} pixels is more than the {MAX_PIXELS // 1_000_000} megapixels "
+                            "a photo may have here (ghostface_keras.images.MAX_PIXELS)")
         pil_image.load()
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{name}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{name}: is a directory, expected an image file") from None
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{name}: refused as a decompression bomb ({error})") from None
     except (OSError, ValueError) as error:
         raise DataError(f"{name}: cannot read image ({error})") from None
     return pil_image

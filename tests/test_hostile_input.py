@@ -160,3 +160,71 @@ def test_a_gallery_of_another_embedding_size_is_one_line(model_file, photos, tmp
                                         str(model_file), "--detector", "none"]))
     assert line == ("ghostface: error: the gallery holds 128-d embeddings but this model makes 32-d ones: build the "
                     "gallery with the same model")
+
+
+def _pickle_file(path: Path, payload: bytes) -> Path:
+    path.write_bytes(payload)
+    return path
+
+
+def test_a_bin_that_declares_more_bytes_than_it_holds_is_refused_without_allocating(tmp_path):
+    """`bytearray(n)` in a 40-byte pickle would allocate n bytes: refused from the declared size (2**70 and 2e9)."""
+    import pickle
+
+    from ghostface_keras.data import load_bin
+    from ghostface_keras.errors import DataError
+
+    for size in (2**70, 2_000_000_000):
+        path = tmp_path / f"huge_{size}.bin"
+        payload = (b"\x80\x02c__builtin__\nbytearray\nq\x00" + pickle.dumps(size, protocol=2)[2:-1]
+                   + b"\x85q\x01Rq\x02.")
+        _pickle_file(path, payload)
+        assert len(payload) < 64
+        child = subprocess.run([sys.executable, "-c", "import resource, sys\n"
+                                "from ghostface_keras.data import load_bin\n"
+                                "try:\n    load_bin(sys.argv[1])\nexcept Exception as error:\n"
+                                "    print(type(error).__name__, error)\n"
+                                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)", str(path)],
+                               capture_output=True, text=True, timeout=300, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = child.stdout.strip().splitlines()
+        assert lines[0].startswith(f"DataError {path}: not a safe verification .bin (bytearray({size}) asks for more")
+        assert int(lines[-1]) < 1_500_000  # max RSS in KiB: far below the 2 GB the pickle asked for
+        with pytest.raises(DataError, match="asks for more bytes"):
+            load_bin(path)
+
+
+def test_a_truncated_bin_is_called_truncated_not_unsafe(tmp_path):
+    from ghostface_keras.data import load_bin, save_bin
+    from ghostface_keras.errors import DataError
+
+    path = save_bin(tmp_path / "pairs.bin", np.zeros((4, 112, 112, 3), np.uint8), [True, False])
+    cut = _pickle_file(tmp_path / "cut.bin", path.read_bytes()[:-40])
+    with pytest.raises(DataError) as raised:
+        load_bin(cut)
+    assert str(raised.value).startswith(f"{cut}: truncated or corrupt .bin")
+
+
+def test_a_huge_canvas_is_refused_from_its_header(tmp_path, model_file, capsys):
+    """A small PNG declaring 100 megapixels: refused before its pixels are allocated, in one line."""
+    import struct
+    import zlib
+
+    from ghostface_keras.images import MAX_PIXELS
+
+    width = height = 10_000
+    assert width * height > MAX_PIXELS
+    row = b"\x00" + b"\x00" * (width * 3)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(row * 16, 9)) + chunk(b"IEND", b""))
+    photo = tmp_path / "bomb.png"
+    photo.write_bytes(png)
+    assert photo.stat().st_size < 100_000
+    line = _one_line(capsys, face_main(["verify", str(photo), str(photo), "--model", str(model_file),
+                                        "--detector", "none"]))
+    assert line == (f"ghostface: error: {photo}: 10000x10000 pixels is more than the 50 megapixels a photo may have "
+                    "here (ghostface_keras.images.MAX_PIXELS)")

@@ -54,24 +54,40 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle that names a callable a `.bin` never needs (the unsafe case, as opposed to a damaged file)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that refuses every global outside `_allowed_globals` (so no code can run)."""
+    """An unpickler that refuses every global outside `_allowed_globals` (so no code can run), and sizes that the
+    file cannot hold: `bytearray(n)` allocates n zero bytes, so a 37-byte pickle could ask for gigabytes."""
 
     _allowed = _allowed_globals()
 
+    def __init__(self, stream: io.BytesIO, size_limit: int) -> None:
+        super().__init__(stream, encoding="bytes")
+        self.size_limit = size_limit
+
+    def _bounded_bytearray(self, *args):
+        if args and isinstance(args[0], int) and not 0 <= args[0] <= self.size_limit:
+            raise _RefusedGlobal(f"bytearray({args[0]}) asks for more bytes than the {self.size_limit}-byte file holds")
+        return bytearray(*args)
+
     def find_class(self, module: str, name: str):
         try:
-            return self._allowed[(module, name)]
+            found = self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}: not a container type a .bin holds") from None
+            raise _RefusedGlobal(f"refused to load {module}.{name}: not a container type a .bin holds") from None
+        return self._bounded_bytearray if found is bytearray else found
 
 
 def _restricted_load(blob: bytes, path: Path):
     try:
-        return _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    except pickle.UnpicklingError as error:
+        return _RestrictedUnpickler(io.BytesIO(blob), size_limit=len(blob)).load()
+    except _RefusedGlobal as error:
         raise DataError(f"{path}: not a safe verification .bin ({error})") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError, struct.error) as error:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError, OverflowError, struct.error) as error:
         raise DataError(f"{path}: truncated or corrupt .bin ({type(error).__name__}: {error})") from None
 
 
