@@ -342,19 +342,11 @@ def _load_saved_model(path: Path, check: bool = True) -> LoadedModel:
     size, embedding_size = check_face_embedder(str(path), inputs, outputs, dtypes, check=check)
     static_batch = inputs[0][0]
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, np.float32)
-        chunk = len(batch) if static_batch in (None, -1) else int(static_batch)
-        results = []
-        for start in range(0, len(batch), chunk):
-            part = batch[start:start + chunk]
-            padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), axis=0)]) if len(part) < chunk \
-                else part
-            output = signature(**{input_name: tf.constant(padded)})
-            results.append(np.asarray(next(iter(output.values())).numpy(), np.float32)[:len(part)])
-        return np.concatenate(results) if results else np.zeros((0, embedding_size), np.float32)
+    def run_fixed(padded: np.ndarray) -> np.ndarray:
+        return next(iter(signature(**{input_name: tf.constant(padded)}).values())).numpy()
 
-    return LoadedModel(str(path), "savedmodel", run, size, embedding_size)
+    return LoadedModel(str(path), "savedmodel", _in_chunks(run_fixed, static_batch, embedding_size), size,
+                       embedding_size)
 
 
 def _load_tflite(path: Path, check: bool = True) -> LoadedModel:
@@ -399,18 +391,27 @@ def _load_onnx(path: Path, check: bool = True) -> LoadedModel:
     input_name = session.get_inputs()[0].name
     static_batch = inputs[0][0]
 
+    def run_fixed(padded: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: padded})[0]
+
+    return LoadedModel(str(path), "onnx", _in_chunks(run_fixed, static_batch, embedding_size), size, embedding_size)
+
+
+def _in_chunks(run_fixed: Runner, static_batch: Optional[int], embedding_size: int) -> Runner:
+    """A runner for any batch from one that needs `static_batch` rows (None / -1: any): the last chunk is padded
+    with copies of its last image, and the padding rows are dropped."""
     def run(batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
-        chunk = len(batch) if static_batch is None else int(static_batch)
+        chunk = len(batch) if static_batch in (None, -1) else int(static_batch)
         results = []
         for start in range(0, len(batch), max(chunk, 1)):
             part = batch[start:start + chunk]
             padded = np.concatenate([part, np.repeat(part[-1:], chunk - len(part), axis=0)]) if len(part) < chunk \
                 else part
-            results.append(np.asarray(session.run(None, {input_name: padded})[0], np.float32)[:len(part)])
+            results.append(np.asarray(run_fixed(padded), np.float32)[:len(part)])
         return np.concatenate(results) if results else np.zeros((0, embedding_size), np.float32)
 
-    return LoadedModel(str(path), "onnx", run, size, embedding_size)
+    return run
 
 
 def _from_callable(function: Callable) -> LoadedModel:
