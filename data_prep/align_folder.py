@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as `python data_prep/align_folder.py` from 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ghostface_keras.align import align_folder  # noqa: E402
-from ghostface_keras.errors import GhostFaceError  # noqa: E402
+from ghostface_keras.cli import run_reporting_errors  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,12 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-existing", action="store_true", help="resume: keep crops already written")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        report = align_folder(args.input_dir, args.output_dir, detector=args.detector, size=args.size,
-                              image_format=args.format, skip_existing=args.skip_existing)
-    except GhostFaceError as error:
-        print(f"align_folder: error: {error}", file=sys.stderr)
-        return 1
+    outcome = {}
+
+    def work() -> int:
+        outcome["report"] = align_folder(args.input_dir, args.output_dir, detector=args.detector, size=args.size,
+                                         image_format=args.format, skip_existing=args.skip_existing)
+        return 0
+
+    status = run_reporting_errors("align_folder", work)
+    if status:
+        return status
+    report = outcome["report"]
     skipped = len(report.no_face) + len(report.unreadable)
     for path in report.no_face:
         print(f"  no face: {path}")

@@ -8,6 +8,10 @@ The CSV has columns `image_a,image_b,same` (same = 1/0, true/false); paths are r
 to the CSV's own folder when that is where they resolve. Drawn pairs are laid out as the insightface
 files are: 10 folds, each holding its positive pairs then its negative pairs. Images stored as their
 original bytes when already image_size square, else decoded, resized and stored as PNG.
+
+A pair with an unreadable image is skipped and counted (as the training loaders skip and count such files);
+the summary line says how many, and the first few are named. Exit status follows `ghostface_keras.cli`
+(2 and one line for bad input).
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ghostface_keras.errors import DataError, GhostFaceError  # noqa: E402
+from ghostface_keras.cli import run_reporting_errors  # noqa: E402
+from ghostface_keras.errors import DataError  # noqa: E402
+
+SKIPS_NAMED = 5
 
 TRUE_WORDS = {"1", "true", "yes", "y", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "f"}
@@ -117,22 +124,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for --num-pairs")
     parser.add_argument("--image-size", type=int, default=112)
     args = parser.parse_args(argv)
-    try:
-        from ghostface_keras.data.bins import save_bin
+    return run_reporting_errors("make_bin", lambda: _make(args))
 
-        pairs = read_pairs_csv(args.pairs, args.folder) if args.pairs else draw_pairs(args.folder, args.num_pairs, args.seed)
-        encoded = [stored_bytes(path, args.image_size) for a, b, _ in pairs for path in (a, b)]
-        save_bin(args.output, encoded, [same for _, _, same in pairs])
-    except GhostFaceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
-        return 1
-    positives = sum(same for _, _, same in pairs)
-    print(f"{args.output}: {len(pairs)} pairs ({positives} positive, {len(pairs) - positives} negative)")
+
+def _make(args: argparse.Namespace) -> int:
+    from ghostface_keras.data.bins import save_bin
+
+    pairs = read_pairs_csv(args.pairs, args.folder) if args.pairs else draw_pairs(args.folder, args.num_pairs, args.seed)
+    encoded, kept, skipped = readable_pairs(pairs, args.image_size)
+    if not kept:
+        raise DataError(f"{args.folder}: no pair has two readable images ({skipped[0]})")
+    save_bin(args.output, encoded, [same for _, _, same in kept])
+    positives = sum(same for _, _, same in kept)
+    summary = f"{args.output}: {len(kept)} pairs ({positives} positive, {len(kept) - positives} negative)"
+    if skipped:
+        named = "; ".join(skipped[:SKIPS_NAMED]) + ("; ..." if len(skipped) > SKIPS_NAMED else "")
+        summary += f"; skipped {len(skipped)} pairs with an unreadable image ({named})"
+    print(summary)
     return 0
 
+
+def readable_pairs(pairs: list[tuple[Path, Path, bool]], image_size: int) -> tuple[list[bytes], list, list[str]]:
+    """The stored bytes of every pair whose two images read, those pairs, and one reason per skipped pair
+    (each file is read once, however many pairs it is in)."""
+    cache: dict[Path, bytes | DataError] = {}
+
+    def stored(path: Path) -> bytes | DataError:
+        if path not in cache:
+            try:
+                cache[path] = stored_bytes(path, image_size)
+            except DataError as error:
+                cache[path] = error
+        return cache[path]
+
+    encoded, kept, skipped = [], [], []
+    for first, second, same in pairs:
+        pair = [stored(first), stored(second)]
+        problems = [str(item) for item in pair if isinstance(item, DataError)]
+        if problems:
+            skipped.append(problems[0])
+            continue
+        encoded.extend(pair)
+        kept.append((first, second, same))
+    return encoded, kept, skipped
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,7 +26,9 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Union
+
+from ghostface_keras.errors import DataError
 
 # Image files the library reads, everywhere: alignment, calibration, evaluation folders and training folders.
 # PIL reads all of them; the training pipeline decodes the same set.
@@ -64,8 +66,6 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     """
     root = Path(folder)
     if not root.is_dir():
-        from ghostface_keras.errors import DataError
-
         raise DataError(f"{root}: not a directory")
     candidates = root.rglob("*") if recursive else root.iterdir()
     return sorted(path for path in candidates if is_image_file(path) and path.is_file())
@@ -186,3 +186,53 @@ def write_atomically(path: str | os.PathLike, content: Content) -> Path:
         else:
             content(temporary)
     return target
+
+
+def check_input_paths(paths: Iterable[tuple[str | os.PathLike | None, str]]) -> None:
+    """Refuse missing inputs before any model loads: `(path, kind)` pairs, where a kind ending in "file" must
+    be a file, one ending in "folder" a folder, and any other ("gallery folder or .npz") just exist; None
+    paths (options not given) are skipped.
+
+    Example:
+        >>> check_input_paths([(None, "file"), (".", "folder")])
+        >>> check_input_paths([("no/such/lfw.bin", "file")])
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.DataError: no/such/lfw.bin: file not found
+    """
+    for path, kind in paths:
+        if path is None:
+            continue
+        target = Path(path)
+        if not target.exists():
+            raise DataError(f"{path}: {kind} not found")
+        if kind.endswith("file") and target.is_dir():
+            raise DataError(f"{path}: is a folder; a {kind} was expected")
+        if kind.endswith("folder") and not target.is_dir():
+            raise DataError(f"{path}: is a file; a {kind} was expected")
+
+
+def check_output_path(path: str | os.PathLike, kind: str = "file") -> None:
+    """Refuse, before any work, an output that could not be written: a file output that is an existing
+    folder (or a folder output that is a file), or a path whose nearest existing parent is a file or a
+    folder we may not write in.
+
+    Example:
+        >>> check_output_path("results/new_run", "folder")      # created later: fine
+        >>> check_output_path(".", "file")
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.DataError: .: is a folder; give a file name
+    """
+    target = Path(path)
+    if kind == "file" and target.is_dir():
+        raise DataError(f"{path}: is a folder; give a file name")
+    if kind == "folder" and target.exists() and not target.is_dir():
+        raise DataError(f"{path}: is a file; give a folder")
+    existing = target if kind == "folder" else target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise DataError(f"{path}: cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{path}: cannot be written: no permission to write in {existing}")

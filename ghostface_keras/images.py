@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -22,9 +23,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ghostface_keras.errors import DataError
 
-# Largest photo decoded (width x height): 50 megapixels is above any phone camera; a larger canvas is refused from
-# its header, before its pixels are allocated (3 bytes each, and several copies during conversion).
+# Largest photo accepted (width x height), checked from the header before any pixel is allocated: 50 megapixels
+# for formats that must be decoded whole (PNG, WebP, TIFF, ...); JPEGs, which decode at up to 1/8 scale, up
+# to 170 megapixels (108-megapixel phone photos are JPEGs; Pillow's own bomb check refuses above 179).
 MAX_PIXELS = 50_000_000
+MAX_JPEG_PIXELS = 170_000_000
+# Photos above this many pixels are read at a reduced size (JPEG: decoded at 1/2, 1/4 or 1/8 scale; other
+# formats: reduced right after decoding), so conversions never copy more than this: a 200 KB PNG of 49
+# megapixels then peaks near 0.3 GB instead of 1.3 GB. 16 megapixels leaves a face of a group photo far more
+# pixels than its 112x112 crop needs; boxes and landmarks refer to the image as read.
+WORKING_PIXELS = 16_000_000
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, bytes]
 
@@ -73,14 +81,23 @@ def load_rgb_image(image: ImageInput) -> np.ndarray:
 def _open_image_file(source: str | os.PathLike | bytes) -> Image.Image:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        pil_image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with warnings.catch_warnings():  # Pillow warns above 89 megapixels; our own limits below decide
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         # the header is read, the pixels are not: refuse a huge canvas before it is allocated (a small PNG can
         # declare 100 megapixels of one colour)
         width, height = pil_image.size
-        if width * height > MAX_PIXELS:
-            raise DataError(f"{name}: {width}x{height} pixels is more than the {MAX_PIXELS // 1_000_000} megapixels "
-                            "a photo may have here (ghostface_keras.images.MAX_PIXELS)")
+        is_jpeg = pil_image.format == "JPEG"
+        limit, limit_name = (MAX_JPEG_PIXELS, "MAX_JPEG_PIXELS") if is_jpeg else (MAX_PIXELS, "MAX_PIXELS")
+        if width * height > limit:
+            raise DataError(f"{name}: {width}x{height} pixels is more than the {limit // 1_000_000} megapixels "
+                            f"a{' JPEG' if is_jpeg else 'n image of this format'} may have here "
+                            f"(ghostface_keras.images.{limit_name})")
+        factor = _reduction_factor(width, height)
+        if factor > 1 and is_jpeg:
+            pil_image.draft(pil_image.mode, (-(-width // factor), -(-height // factor)))  # DCT-domain scaling
         pil_image.load()
+        pil_image = _reduce_to_working_size(pil_image)
     except DataError:
         raise
     except FileNotFoundError:
@@ -94,6 +111,27 @@ def _open_image_file(source: str | os.PathLike | bytes) -> Image.Image:
     except (OSError, ValueError) as error:
         raise DataError(f"{name}: cannot read image ({error})") from None
     return pil_image
+
+
+def _reduction_factor(width: int, height: int) -> int:
+    """The smallest integer factor that brings `width x height` within `WORKING_PIXELS`."""
+    factor = 1
+    while -(-width // factor) * -(-height // factor) > WORKING_PIXELS:
+        factor += 1
+    return factor
+
+
+def _reduce_to_working_size(pil_image: Image.Image) -> Image.Image:
+    factor = _reduction_factor(*pil_image.size)
+    if factor == 1:
+        return pil_image
+    if pil_image.mode not in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "F"):
+        pil_image = pil_image.convert("RGBA" if "transparency" in pil_image.info else "RGB")  # palette, 1-bit
+    exif = pil_image.getexif()  # reduce() drops it, and with it the orientation
+    reduced = pil_image.reduce(factor)
+    if exif:
+        reduced.info["exif"] = exif.tobytes()
+    return reduced
 
 
 def _pil_to_rgb(pil_image: Image.Image, name: str) -> np.ndarray:

@@ -8,10 +8,14 @@ Three lines from photos to a decision:
 
 (the model can also be a Keras model, a .keras or .tflite file, or a released checkpoint name).
 
-The model sees exactly what it saw in training: the largest face, aligned to the ArcFace 112x112
+The model sees exactly what it saw in training: one face, aligned to the ArcFace 112x112
 template (`ghostface_keras.align`), RGB, normalized by `normalize_images`. By default the embedding is
 the L2-normalized sum of the embeddings of the crop and its mirror image (`flip=True`, as in the
 official evaluation); the similarity of two faces is the cosine (dot product of unit vectors).
+
+Group photos: every method takes `face=`: "largest" (the default; when a photo holds more than one face a
+warning says how many were found and which one was used), a number (faces are counted left to right from 1),
+or "all" (`embed_faces`, `identify_faces`; `compare` / `verify` then use the most similar pair of faces).
 
 Command line (console script `ghostface`, in `ghostface_keras.cli.face`):
 
@@ -24,9 +28,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -41,7 +45,7 @@ from ghostface_keras.align import (
     load_rgb_image,
 )
 from ghostface_keras.embedding import EmbeddingFunction
-from ghostface_keras.errors import DataError, NoFaceError
+from ghostface_keras.errors import DataError, GhostFaceError, NoFaceError
 from ghostface_keras.files import list_images, write_atomically
 from ghostface_keras.loading import LoadedModel, load_model
 from ghostface_keras.numeric import l2_normalize
@@ -49,17 +53,61 @@ from ghostface_keras.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
+FaceChoice = Union[str, int]
+"""Which face of a photo to use: "largest", "all", or a number (faces counted left to right from 1)."""
+
+
+def parse_face_choice(choice: FaceChoice) -> FaceChoice:
+    """Check a `face=` value: "largest", "all" or a positive number (an int or its digits).
+
+    Example:
+        >>> parse_face_choice("2"), parse_face_choice("ALL")
+        (2, 'all')
+        >>> parse_face_choice(0)
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.GhostFaceError: face must be 'largest', 'all' or a face number from 1 (left to right); got 0
+    """
+    text = str(choice).strip().lower()
+    if text in ("largest", "all"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise GhostFaceError(f"face must be 'largest', 'all' or a face number from 1 (left to right); got {choice!r}")
+
+
 # --------------------------------------------------------------------------------------------------
 # The embedder
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AlignedFace:
-    """A detected face and its aligned crop ((size, size, 3) uint8 RGB)."""
+    """A detected face and its aligned crop ((size, size, 3) uint8 RGB).
+
+    `number` counts the photo's faces left to right from 1 (by box centre) and `count` is how many the
+    photo holds; both are set by `FaceEmbedder.choose_faces` (0 where no numbering was asked for).
+    """
 
     image: np.ndarray
     box: np.ndarray
     landmarks: np.ndarray
     score: float
+    number: int = 0
+    count: int = 0
+
+    def describe(self) -> str:
+        """'face 2 of 3 (box 10,20-80,100)' for messages."""
+        x1, y1, x2, y2 = (int(round(float(value))) for value in self.box)
+        return f"face {self.number} of {self.count} (box {x1},{y1}-{x2},{y2})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of `FaceEmbedder.compare`: the similarity of the faces compared, and which faces they were."""
+
+    similarity: float
+    same: bool
+    face_a: AlignedFace
+    face_b: AlignedFace
 
 
 @dataclass(frozen=True)
@@ -169,27 +217,84 @@ class FaceEmbedder:
         return [AlignedFace(align_face(rgb, face.landmarks, self.input_size), face.box, face.landmarks, face.score)
                 for face in self.detect(rgb)]
 
-    def embed(self, image: ImageInput) -> np.ndarray:
-        """The unit-length embedding of the largest face in a photo.
+    def choose_faces(self, image: ImageInput, face: FaceChoice = "largest") -> list[AlignedFace]:
+        """The aligned face(s) of a photo that `face` names, numbered left to right.
+
+        "largest" returns the largest face and, when the photo holds more than one, logs a warning saying how
+        many were found and which one was used; a number returns that face; "all" returns every face.
+
+        Raises:
+            NoFaceError: no face was found, or fewer faces than the number asked for.
+
+        Example:
+            >>> import keras
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> embedder = FaceEmbedder(model, detector=None)   # aligned crops: one face per image
+            >>> [face.describe() for face in embedder.choose_faces(np.zeros((112, 112, 3), np.uint8), "all")]
+            ['face 1 of 1 (box 0,0-112,112)']
+        """
+        choice = parse_face_choice(face)
+        rgb = load_rgb_image(image)
+        faces = self.align(rgb)
+        if not faces:
+            raise NoFaceError(f"{describe_image(image)}: no face found")
+        left_to_right = sorted(faces, key=lambda found: float(found.box[0] + found.box[2]))
+        numbered = [replace(found, number=index, count=len(faces)) for index, found in enumerate(left_to_right, 1)]
+        if choice == "all":
+            return numbered
+        if choice == "largest":
+            largest = max(numbered, key=lambda found: _box_area(found.box))
+            if len(numbered) > 1:
+                logger.warning("%s: %d faces found; using the largest, %s. Pick another with face=N (--face N; "
+                               "counted left to right) or use each with face='all' (--face all)",
+                               describe_image(image), len(numbered), largest.describe())
+            return [largest]
+        if choice > len(numbered):
+            raise NoFaceError(f"{describe_image(image)}: face {choice} was asked for but {len(numbered)} "
+                              f"face{'s were' if len(numbered) > 1 else ' was'} found")
+        return [numbered[choice - 1]]
+
+    def embed(self, image: ImageInput, face: FaceChoice = "largest") -> np.ndarray:
+        """The unit-length embedding of one face of a photo (the largest unless `face` says which).
 
         Raises:
             NoFaceError: no face was found (the message names the file).
             DataError: the file is missing or not an image.
         """
-        return self.embed_aligned(self._largest_crop(image)[None])[0]
+        if parse_face_choice(face) == "all":
+            raise GhostFaceError("embed returns one face's embedding; use embed_faces for every face of a photo")
+        return self.embed_aligned(self.choose_faces(image, face)[0].image[None])[0]
+
+    def embed_faces(self, image: ImageInput) -> tuple[np.ndarray, list[AlignedFace]]:
+        """Embeddings of every face of a photo, (F, D) float32, and the faces, left to right.
+
+        Example:
+            >>> import keras
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> embeddings, faces = FaceEmbedder(model, detector=None).embed_faces(np.zeros((112, 112, 3), np.uint8))
+            >>> embeddings.shape, faces[0].number
+            ((1, 32), 1)
+        """
+        faces = self.choose_faces(image, "all")
+        return self.embed_aligned(np.stack([found.image for found in faces])), faces
 
     def embed_batch(self, images: Sequence[ImageInput], skip_missing: bool = False,
-                    progress: bool = False) -> np.ndarray:
-        """Embeddings of the largest face of each photo, (N, D) float32, rows in input order.
+                    progress: bool = False, face: FaceChoice = "largest") -> np.ndarray:
+        """Embeddings of one face of each photo (the largest unless `face` says which), (N, D) float32, rows
+        in input order.
 
-        With `skip_missing=True` a photo without a face gives a row of NaN instead of raising
-        `NoFaceError` (so rows stay aligned with the inputs).
+        With `skip_missing=True` a photo without a face (or without face number `face`) gives a row of NaN
+        instead of raising `NoFaceError` (so rows stay aligned with the inputs).
         """
+        if parse_face_choice(face) == "all":
+            raise GhostFaceError("embed_batch returns one face per photo; use embed_faces for every face")
         crops, missing = [], []
         bar = ProgressBar(len(images), "photo") if progress else None
         for index, image in enumerate(images):
             try:
-                crops.append(self._largest_crop(image))
+                crops.append(self.choose_faces(image, face)[0].image)
             except NoFaceError:
                 if not skip_missing:
                     raise
@@ -222,8 +327,10 @@ class FaceEmbedder:
                                                                                np.float32)
         return l2_normalize(embeddings)
 
-    def verify(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None) -> tuple[float, bool]:
-        """Cosine similarity of the largest faces of two photos and whether it reaches the threshold.
+    def verify(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None,
+               face: FaceChoice | tuple[FaceChoice, FaceChoice] = "largest") -> tuple[float, bool]:
+        """Cosine similarity of a face of each photo (the largest unless `face` says which; see `compare`)
+        and whether it reaches the threshold.
 
         Example:
             >>> import keras
@@ -240,9 +347,35 @@ class FaceEmbedder:
             >>> round(similarity, 4), same
             (1.0, True)
         """
+        result = self.compare(image_a, image_b, threshold, face)
+        return result.similarity, result.same
+
+    def compare(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None,
+                face: FaceChoice | tuple[FaceChoice, FaceChoice] = "largest") -> Comparison:
+        """Like `verify`, and says which faces were compared.
+
+        `face` applies to both photos, or is a pair (one per photo). With "all", every face of one photo is
+        compared with every face of the other and the most similar pair is returned: "is the person of photo
+        B anywhere in group photo A?" is `compare(a, b, face=("all", "largest"))`.
+
+        Example:
+            >>> import keras
+            >>> from ghostface_keras.data.synthetic import render_synthetic_faces
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> faces, _ = render_synthetic_faces(1, 2)
+            >>> result = FaceEmbedder(model, detector=None).compare(faces[0], faces[0], face=("all", 1))
+            >>> round(result.similarity, 4), result.face_a.describe()
+            (1.0, 'face 1 of 1 (box 0,0-112,112)')
+        """
         threshold = self.threshold if threshold is None else float(threshold)
-        similarity = float(np.dot(self.embed(image_a), self.embed(image_b)))
-        return similarity, bool(similarity >= threshold)
+        choice_a, choice_b = face if isinstance(face, tuple) else (face, face)
+        faces_a, faces_b = self.choose_faces(image_a, choice_a), self.choose_faces(image_b, choice_b)
+        embeddings = self.embed_aligned(np.stack([found.image for found in faces_a + faces_b]))
+        similarities = embeddings[:len(faces_a)] @ embeddings[len(faces_a):].T
+        row, column = np.unravel_index(int(np.argmax(similarities)), similarities.shape)
+        similarity = float(similarities[row, column])
+        return Comparison(similarity, bool(similarity >= threshold), faces_a[row], faces_b[column])
 
     def build_gallery(self, source: str | os.PathLike | Mapping[str, Iterable[ImageInput]],
                       progress: bool = False) -> Gallery:
@@ -276,8 +409,9 @@ class FaceEmbedder:
         return Gallery([name for name, _ in kept], embeddings[found], [describe_image(image) for _, image in kept])
 
     def identify(self, probe: ImageInput, gallery: Gallery | str | os.PathLike | Mapping[str, Iterable[ImageInput]],
-                 top_k: int = 5, threshold: float | None = None) -> list[Match]:
-        """Rank gallery identities by the similarity of their closest photo to the probe's largest face.
+                 top_k: int = 5, threshold: float | None = None, face: FaceChoice = "largest") -> list[Match]:
+        """Rank gallery identities by the similarity of their closest photo to one face of the probe (the
+        largest unless `face` says which; `identify_faces` ranks for every face).
 
         Example:
             >>> import keras
@@ -290,14 +424,39 @@ class FaceEmbedder:
             >>> best.name, best.same
             ('alice', True)
         """
+        if parse_face_choice(face) == "all":
+            raise GhostFaceError("identify ranks one face; use identify_faces for every face of a photo")
+        return self.identify_faces(probe, gallery, top_k, threshold, face)[0][1]
+
+    def identify_faces(self, probe: ImageInput,
+                       gallery: Gallery | str | os.PathLike | Mapping[str, Iterable[ImageInput]],
+                       top_k: int = 5, threshold: float | None = None,
+                       face: FaceChoice = "all") -> list[tuple[AlignedFace, list[Match]]]:
+        """For each chosen face of the probe (every face by default, left to right), the ranked identities.
+
+        Example:
+            >>> import keras
+            >>> from ghostface_keras.data.synthetic import render_synthetic_faces
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> faces, _ = render_synthetic_faces(2, 2)
+            >>> results = FaceEmbedder(model, detector=None).identify_faces(faces[2], {"alice": faces[:2], "bob": faces[2:]})
+            >>> [(found.number, matches[0].name) for found, matches in results]
+            [(1, 'bob')]
+        """
         threshold = self.threshold if threshold is None else float(threshold)
         if not isinstance(gallery, Gallery):
             gallery = self.build_gallery(gallery)
-        probe_embedding = self.embed(probe)
-        if gallery.embeddings.shape[1] != len(probe_embedding):
+        faces = self.choose_faces(probe, face)
+        probe_embeddings = self.embed_aligned(np.stack([found.image for found in faces]))
+        if gallery.embeddings.shape[1] != probe_embeddings.shape[1]:
             raise DataError(f"the gallery holds {gallery.embeddings.shape[1]}-d embeddings but this model makes "
-                            f"{len(probe_embedding)}-d ones: build the gallery with the same model")
-        similarities = gallery.embeddings @ probe_embedding
+                            f"{probe_embeddings.shape[1]}-d ones: build the gallery with the same model")
+        return [(found, self._rank(gallery, gallery.embeddings @ embedding, top_k, threshold))
+                for found, embedding in zip(faces, probe_embeddings)]
+
+    @staticmethod
+    def _rank(gallery: Gallery, similarities: np.ndarray, top_k: int, threshold: float) -> list[Match]:
         best_per_name: dict[str, int] = {}
         for index, name in enumerate(gallery.names):
             if name not in best_per_name or similarities[index] > similarities[best_per_name[name]]:
@@ -307,12 +466,6 @@ class FaceEmbedder:
                       bool(similarities[index] >= threshold)) for name, index in ranked]
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _largest_crop(self, image: ImageInput) -> np.ndarray:
-        faces = self.align(image)
-        if not faces:
-            raise NoFaceError(f"{describe_image(image)}: no face found")
-        return faces[0].image
-
     def _resize_precropped(self, rgb: np.ndarray) -> np.ndarray:
         if rgb.shape[:2] == (self.input_size, self.input_size):
             return rgb
@@ -323,6 +476,10 @@ class FaceEmbedder:
     def _whole_image_face(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         height, width = rgb.shape[:2]
         return np.array([0, 0, width, height], np.float32), np.full((5, 2), np.nan, np.float32), 1.0
+
+
+def _box_area(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
 
 
 def _gallery_entries(source: Any) -> list[tuple[str, ImageInput]]:

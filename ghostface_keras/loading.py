@@ -155,12 +155,34 @@ def identify_checkpoint(loaded: LoadedModel) -> Optional[Checkpoint]:
     return checkpoint
 
 
+def check_model_source(source: str | os.PathLike) -> None:
+    """Refuse, in one line and without loading anything, a model argument that cannot be loaded: a missing
+    file, or a name that is neither a file nor a released checkpoint. Commands call it before slow work.
+
+    Example:
+        >>> check_model_source("GhostFaceNetV1-0.5-2")      # a released checkpoint name: fine
+        >>> check_model_source("runs/missing/model.keras")
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.ModelLoadError: runs/missing/model.keras: model file not found
+    """
+    from ghostface_keras.checkpoints import list_pretrained
+
+    source = str(source)
+    path = Path(source)
+    if path.exists():
+        return
+    if path.suffix.lower() in MODEL_SUFFIXES or os.sep in source or "/" in source:
+        raise ModelLoadError(f"{source}: model file not found")
+    if find_checkpoint(source) is None:
+        raise ModelLoadError(f"{source}: no such model file, and no released checkpoint has that name "
+                             f"(known: {', '.join(list_pretrained())})")
+
+
 def _load_source(source: str, check: bool) -> tuple[LoadedModel, Optional[Checkpoint]]:
     path = Path(source)
     if not path.exists():
-        looks_like_path = path.suffix.lower() in MODEL_SUFFIXES or os.sep in source or "/" in source
-        if looks_like_path:
-            raise ModelLoadError(f"{source}: model file not found")
+        check_model_source(source)
         return _load_checkpoint_name(source, check)
     if path.is_dir():
         return _load_saved_model(path, check), None
@@ -176,12 +198,7 @@ def _load_source(source: str, check: bool) -> tuple[LoadedModel, Optional[Checkp
 
 
 def _load_checkpoint_name(name: str, check: bool) -> tuple[LoadedModel, Checkpoint]:
-    from ghostface_keras.checkpoints import list_pretrained
-
-    checkpoint = find_checkpoint(name)
-    if checkpoint is None:
-        raise ModelLoadError(f"{name}: no such model file, and no released checkpoint has that name "
-                             f"(known: {', '.join(list_pretrained())})")
+    checkpoint = find_checkpoint(name)  # not None: check_model_source ran
     from ghostface_keras.pretrained import load_pretrained
 
     try:

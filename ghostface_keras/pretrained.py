@@ -1,9 +1,13 @@
 """Released GhostFaceNets checkpoints: where they are, what they are, and a one-call loader.
 
 The official authors publish Keras-2 `.h5` files as GitHub release assets (the table of them is
-`ghostface_keras.checkpoints`). `load_pretrained`
-downloads one (cached, hash-checked when the hash is known), converts it once with
+`ghostface_keras.checkpoints`). `load_pretrained` downloads one (cached), converts it once with
 `ghostface_keras.convert.load_official` and caches the converted `.keras` model.
+
+Every file is checked against a sha256 before it is used: the table's published hash, or one you pin
+(`sha256=`); a checkpoint without either gets its hash recorded on first download (trust on first use:
+`<file>.sha256` beside it, and a warning that prints it so you can pin it), and every later load verifies
+it. The converted `.keras` is checked against the hash recorded when it was written.
 
 Example:
     >>> from ghostface_keras import load_pretrained
@@ -12,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from typing import Optional
 
 from ghostface_keras.checkpoints import CHECKPOINTS, Checkpoint, get_checkpoint, list_pretrained
 from ghostface_keras.errors import GhostFaceError
-from ghostface_keras.files import atomic_output
+from ghostface_keras.files import atomic_output, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -34,39 +40,79 @@ def default_cache_dir() -> str:
     return os.environ.get("GHOSTFACE_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
 
 
-def _fetch(checkpoint: Checkpoint, cache_dir: str, origin: Optional[str]) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MB blocks.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty.h5")
+        >>> open(path, "wb").close()
+        >>> file_sha256(path)[:16]
+        'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded_sha256(path: str) -> list[str]:
+    """The hashes recorded beside `path` (`<path>.sha256`: its own, then for a converted model its source's),
+    or [] when there is no record."""
+    record = path + ".sha256"
+    if not os.path.exists(record):
+        return []
+    with open(record, "rb") as handle:
+        hashes = handle.read(400).decode("ascii", errors="replace").split()
+    if not hashes or not all(re.fullmatch(r"[0-9a-f]{64}", value) for value in hashes):
+        raise PretrainedError(f"{record}: not a sha256 record; delete it and {path} to download again")
+    return hashes
+
+
+def _verify(path: str, expected: Optional[str], where: str) -> None:
+    """Check `path` against `expected` (from `where`); with no expectation, record its hash for later loads."""
+    actual = file_sha256(path)
+    if expected is None:
+        write_atomically(path + ".sha256", actual + "\n")
+        log.warning("%s: no published sha256 for this file; recorded %s in %s.sha256, checked on every later load "
+                    "(pin it with load_pretrained(..., sha256=%r))", path, actual, path, actual)
+    elif actual != expected.lower():
+        raise PretrainedError(f"{path}: sha256 {actual} is not the {where} {expected}: the file is damaged or not "
+                              "the released one; delete it to download it again")
+
+
+def _fetch(checkpoint: Checkpoint, cache_dir: str, origin: Optional[str], sha256: Optional[str]) -> str:
     import keras
 
     target = os.path.join(cache_dir, CACHE_SUBDIR, checkpoint.release, checkpoint.filename)
+    expected, where = (sha256, "pinned sha256") if sha256 else (checkpoint.sha256, "published sha256")
+    if expected is None and os.path.exists(target):
+        expected, where = (_recorded_sha256(target) or [None])[0], "sha256 recorded at its first download"
     try:
-        return keras.utils.get_file(
-            fname=checkpoint.filename,
-            origin=origin or checkpoint.url,
-            file_hash=checkpoint.sha256,
-            hash_algorithm="sha256",
-            cache_dir=cache_dir,
-            cache_subdir=os.path.join(CACHE_SUBDIR, checkpoint.release),
-        )
-    except ValueError as error:  # get_file's hash mismatch
-        raise PretrainedError(f"{target}: {error}. Delete the file and download it again.") from None
+        path = keras.utils.get_file(fname=checkpoint.filename, origin=origin or checkpoint.url, cache_dir=cache_dir,
+                                    cache_subdir=os.path.join(CACHE_SUBDIR, checkpoint.release))
     except Exception as error:  # noqa: BLE001 - urllib raises many kinds; all mean "could not fetch"
         raise PretrainedError(
             f"could not download {origin or checkpoint.url} ({type(error).__name__}: {error}). "
             f"If you are offline, download it elsewhere and put it at {target}"
-            + (f" (sha256 {checkpoint.sha256})" if checkpoint.sha256 else "")) from None
+            + (f" (sha256 {expected})" if expected else "")) from None
+    _verify(path, expected, where)
+    return path
 
 
-def load_pretrained(name: str, cache_dir: Optional[str] = None, origin: Optional[str] = None):
+def load_pretrained(name: str, cache_dir: Optional[str] = None, origin: Optional[str] = None,
+                    sha256: Optional[str] = None):
     """Our Keras 3 model with the official released weights of `name`.
 
     `name` is a checkpoint name (`list_pretrained()`) or a registry model name, which picks its
-    best released checkpoint. The `.h5` is downloaded once into `<cache_dir>/ghostface_keras/`
-    (hash-checked when the hash is known), converted once, and the `.keras` result is reused.
-    `origin` replaces the download URL (a mirror, or a local `file://` URL).
+    best released checkpoint. The `.h5` is downloaded once into `<cache_dir>/ghostface_keras/`,
+    checked against a sha256 (see the module docstring; `sha256` pins one), converted once, and the
+    `.keras` result is reused. `origin` replaces the download URL (a mirror, or a local `file://` URL).
 
     Raises:
-        ModelNameError: unknown name. PretrainedError: offline or wrong hash; the message says
-            where to put the file by hand.
+        ModelNameError: unknown name. PretrainedError: offline, or a file whose sha256 is not the
+            expected one; the message says where to put the file by hand.
 
     Example:
         >>> model = load_pretrained("GhostFaceNetV1-1.3-1")     # doctest: +SKIP
@@ -81,15 +127,20 @@ def load_pretrained(name: str, cache_dir: Optional[str] = None, origin: Optional
     cache_dir = os.path.abspath(cache_dir or default_cache_dir())
     converted = os.path.join(cache_dir, CACHE_SUBDIR, checkpoint.release,
                              os.path.splitext(checkpoint.filename)[0] + ".keras")
-    if os.path.exists(converted):
+    recorded = _recorded_sha256(converted) if os.path.exists(converted) else []
+    # reuse a conversion only with its record (else convert again), and, with a pinned hash, only one made
+    # from that very file
+    if len(recorded) == 2 and (not sha256 or recorded[1] == sha256.lower()):
+        _verify(converted, recorded[0], "sha256 recorded when it was converted")
         return keras.models.load_model(converted, compile=False)
-    source = _fetch(checkpoint, cache_dir, origin)
+    source = _fetch(checkpoint, cache_dir, origin, sha256)
     model = load_official(source)
     with atomic_output(converted) as temporary:
         model.save(temporary)
+    write_atomically(converted + ".sha256", f"{file_sha256(converted)} {file_sha256(source)}\n")
     log.info("converted %s -> %s", source, converted)
     return model
 
 
-__all__ = ["CHECKPOINTS", "Checkpoint", "PretrainedError", "default_cache_dir", "get_checkpoint", "list_pretrained",
-           "load_pretrained"]
+__all__ = ["CHECKPOINTS", "Checkpoint", "PretrainedError", "default_cache_dir", "file_sha256", "get_checkpoint",
+           "list_pretrained", "load_pretrained"]

@@ -127,6 +127,21 @@ def validate(config: TrainingConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise GhostFaceError(message)
+    _check_paths(config)
+
+
+def _check_paths(config: TrainingConfig) -> None:
+    """Missing data, checkpoints or .bin files and an unwritable --output, named in one line before anything
+    loads (the backend import alone takes seconds)."""
+    from ghostface_keras.files import check_input_paths, check_output_path
+    from ghostface_keras.loading import check_model_source
+
+    if not config.demo and not Path(config.data).exists():
+        raise DataError(f"--data {config.data}: no such file or directory")
+    check_input_paths((path, ".bin file") for path in config.eval_bins)
+    if config.init_from:
+        check_model_source(config.init_from)
+    check_output_path(config.output, "folder")
 
 
 def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
@@ -314,8 +329,11 @@ def train(config: TrainingConfig) -> TrainingResult:
         use_cpu_devices(config.cpu_devices)
     cluster = setup_cluster(config.devices, config.coordinator, config.num_processes, config.process_id,
                             config.init_timeout)
+    from ghostface_keras.data.pipeline import pipeline_errors_in_one_line
+
     try:
-        return _train_in(cluster, config)
+        with pipeline_errors_in_one_line():  # a corrupt dataset found mid-epoch: its one line, not tf.data's
+            return _train_in(cluster, config)
     except Exception as error:
         if cluster.num_processes > 1 and _collective_failure(error):
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]

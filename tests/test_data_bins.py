@@ -170,4 +170,4 @@ def test_make_bin_bad_input_is_one_line(tmp_path):
     (tmp_path / "pairs.csv").write_text("image_a,image_b,same\nmissing.png,x.png,1\n")
     _tiny_folder(tmp_path / "faces")
     result = _run(tmp_path / "faces", tmp_path / "o.bin", "--pairs", tmp_path / "pairs.csv")
-    assert result.returncode == 1 and "missing.png" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "missing.png" in result.stderr and "Traceback" not in result.stderr

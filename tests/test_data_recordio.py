@@ -147,7 +147,7 @@ def test_rec_to_folders_is_byte_identical_and_resumable(tmp_path):
 
 def test_rec_to_folders_reports_a_missing_rec_in_one_line(tmp_path):
     code, _, stderr = _cli(tmp_path, tmp_path / "out")
-    assert code == 1 and "no .rec file" in stderr and len(stderr.strip().splitlines()) == 1
+    assert code == 2 and "no .rec file" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def _digests(folder: Path):

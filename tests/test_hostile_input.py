@@ -240,5 +240,352 @@ def test_a_huge_canvas_is_refused_from_its_header(tmp_path, model_file, capsys):
     assert photo.stat().st_size < 100_000
     line = _one_line(capsys, face_main(["verify", str(photo), str(photo), "--model", str(model_file),
                                         "--detector", "none"]))
-    assert line == (f"ghostface: error: {photo}: 10000x10000 pixels is more than the 50 megapixels a photo may have "
-                    "here (ghostface_keras.images.MAX_PIXELS)")
+    assert line == (f"ghostface: error: {photo}: 10000x10000 pixels is more than the 50 megapixels an image of this "
+                    "format may have here (ghostface_keras.images.MAX_PIXELS)")
+
+
+def _solid_png(path: Path, width: int, height: int, mode: str = "RGBA") -> Path:
+    Image.new(mode, (width, height), (90, 120, 150, 200)[:len(mode)]).save(path, optimize=False)
+    return path
+
+
+def test_large_photos_are_read_in_bounded_memory(tmp_path):
+    """A 200 KB RGBA PNG of 49 megapixels (just under the limit) and a 1 MB JPEG of 100 megapixels are read at
+    reduced size: peak memory within 600 MB of a child that only imports the reader (it was 1.3 GB)."""
+    from ghostface_keras.images import WORKING_PIXELS
+
+    png = _solid_png(tmp_path / "poster.png", 7000, 7000)
+    jpeg = tmp_path / "phone.jpg"
+    Image.new("RGB", (11500, 8700), (30, 160, 60)).save(jpeg, quality=30)
+    assert png.stat().st_size < 400_000 and jpeg.stat().st_size < 2_000_000
+    _, baseline = _child_max_rss_kib("from ghostface_keras.images import load_rgb_image")
+    for photo, colour in ((png, (125, 149, 173)), (jpeg, (30, 160, 60))):
+        lines, peak = _child_max_rss_kib("import sys\nfrom ghostface_keras.images import load_rgb_image\n"
+                                         "a = load_rgb_image(sys.argv[1])\nprint(a.shape[0] * a.shape[1], *a[9, 9])",
+                                         str(photo))
+        pixels, *rgb = (int(value) for value in lines[0].split())
+        assert pixels <= WORKING_PIXELS and np.allclose(rgb, colour, atol=3), (photo, lines)
+        assert peak - baseline < 600_000, (photo, peak, baseline)
+
+
+def test_a_training_image_over_the_limit_is_a_counted_skip_decided_from_its_header(tmp_path):
+    """The training decoder refuses a 60-megapixel crop from its header (a counted skip in the pipelines)."""
+    import io
+
+    from ghostface_keras.data.decode import ImageDecodeError, decode_image_bytes, decode_many
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8000, 7500), (1, 2, 3)).save(buffer, "JPEG", quality=20)
+    small = io.BytesIO()
+    Image.new("RGB", (112, 112), (1, 2, 3)).save(small, "PNG")
+    with pytest.raises(ImageDecodeError, match="8000x7500 pixels is more than the 16 megapixels a training image"):
+        decode_image_bytes(buffer.getvalue())
+    images, failures = decode_many(2, [small.getvalue(), buffer.getvalue()].__getitem__)
+    assert images.shape == (1, 112, 112, 3) and [item for item, _ in failures] == [1]
+
+
+# -- group photos -------------------------------------------------------------------------------------
+def _face_region(data_dir: Path, name: str, side: int) -> Image.Image:
+    """A square crop around the one face of a deepface photo (its MTCNN box, doubled), resized to `side`."""
+    import csv
+
+    with open(data_dir / "deepface_verification_pairs" / "landmarks_mtcnn.csv", newline="") as handle:
+        row = next(row for row in csv.DictReader(handle) if Path(row[next(iter(row))]).name == name)
+    x, y, w, h = (float(row[key]) for key in ("box_x", "box_y", "box_w", "box_h"))
+    half = max(w, h)
+    centre_x, centre_y = x + w / 2, y + h / 2
+    photo = Image.open(data_dir / "deepface_verification_pairs" / name).convert("RGB")
+    box = tuple(int(value) for value in (centre_x - half, centre_y - half, centre_x + half, centre_y + half))
+    return photo.crop(box).resize((side, side), Image.BILINEAR)
+
+
+@pytest.fixture(scope="module")
+def group_photo(data_dir, tmp_path_factory) -> Path:
+    """Two real people side by side: img3's person small on the left, img1's person large on the right."""
+    pytest.importorskip("mtcnn")
+    canvas = Image.new("RGB", (720, 400), (90, 110, 100))
+    canvas.paste(_face_region(data_dir, "img3.jpg", 200), (40, 150))
+    canvas.paste(_face_region(data_dir, "img1.jpg", 380), (320, 10))
+    path = tmp_path_factory.mktemp("group") / "group.jpg"
+    canvas.save(path, quality=95)
+    return path
+
+
+def test_a_group_photo_says_which_face_was_used_and_can_compare_all_or_pick_one(group_photo, data_dir, released,
+                                                                               capsys, caplog):
+    """img12 is the person of img3 (left, small). The default compares the largest face and says so; --face all
+    finds the person; --face 1,1 picks them; a face number beyond the count is one line."""
+    other_photo = str(data_dir / "deepface_verification_pairs" / "img12.jpg")
+    common = ["--model", str(released)]
+    capsys.readouterr()
+    assert face_main(["verify", str(group_photo), other_photo, *common]) == 0
+    default = capsys.readouterr()
+    assert "different people" in default.out
+    assert f"{group_photo}: 2 faces found; using the largest, face 2 of 2" in caplog.text
+    assert face_main(["verify", str(group_photo), other_photo, "--face", "all", *common]) == 0
+    every = capsys.readouterr().out
+    assert "same person" in every and f"{group_photo}: face 1 of 2" in every, every
+    assert face_main(["verify", str(group_photo), other_photo, "--face", "1,1", *common]) == 0
+    picked = capsys.readouterr().out
+    assert picked.split("->")[0] == every.split("->")[0]  # the same pair, so the same similarity
+    line = _one_line(capsys, face_main(["verify", str(group_photo), other_photo, "--face", "3", *common]))
+    assert line == f"ghostface: error: {group_photo}: face 3 was asked for but 2 faces were found"
+
+
+def test_embed_and_identify_every_face_of_a_group_photo(group_photo, data_dir, released, tmp_path, capsys):
+    photos = data_dir / "deepface_verification_pairs"
+    gallery = tmp_path / "gallery"
+    for name, photo in (("person_of_img3", "img12.jpg"), ("person_of_img1", "img2.jpg")):
+        (gallery / name).mkdir(parents=True)
+        (gallery / name / photo).write_bytes((photos / photo).read_bytes())
+    output = tmp_path / "faces.npz"
+    assert face_main(["embed", str(group_photo), str(photos / "img2.jpg"), "--face", "all", "--model", str(released),
+                      "--output", str(output)]) == 0
+    with np.load(output, allow_pickle=False) as saved:
+        assert saved["faces"].tolist() == [1, 2, 1]
+        assert saved["paths"].tolist() == [str(group_photo)] * 2 + [str(photos / "img2.jpg")]
+        assert saved["boxes"][0, 0] < saved["boxes"][1, 0]  # counted left to right
+        embeddings = saved["embeddings"]
+    assert float(embeddings[1] @ embeddings[2]) > float(embeddings[0] @ embeddings[2])  # img1's person is face 2
+    capsys.readouterr()
+    assert face_main(["identify", str(group_photo), "--gallery", str(gallery), "--face", "all",
+                      "--model", str(released)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("face 1 of 2") and lines[1].startswith("  1. person_of_img3")
+    assert lines[3].startswith("face 2 of 2") and lines[4].startswith("  1. person_of_img1"), lines
+
+
+# -- every command: inputs and --output checked before TensorFlow or the model loads -----------------------
+_CHECK_BEFORE_BACKEND = """
+import sys
+from importlib import import_module
+status = import_module(sys.argv[1]).main(sys.argv[2:])
+print("backend imported" if "tensorflow" in sys.modules or "keras" in sys.modules else "no backend")
+sys.exit(status)
+"""
+
+
+def _command_cases(root: Path, model: Path, photo: Path) -> list[tuple[str, list[str], str]]:
+    a_file, a_folder, bin_file = root / "notes.txt", root / "existing", root / "lfw.bin"
+    return [
+        ("face", ["embed", str(photo), "-m", str(model), "--output", str(a_folder)],
+         f"{a_folder}: is a folder; give a file name"),
+        ("face", ["embed", str(photo), "-m", str(model), "--output", f"{a_file}/e.npz"],
+         f"{a_file}/e.npz: cannot be created: {a_file} is a file, not a folder"),
+        ("face", ["identify", str(photo), "--gallery", str(a_folder), "-m", str(model), "--save-gallery",
+                  str(a_folder / "g.txt")], f"{a_folder / 'g.txt'}: --save-gallery must end in .npz"),
+        ("face", ["verify", str(photo), str(photo), "-m", str(root / "missing.keras")],
+         f"{root / 'missing.keras'}: model file not found"),
+        ("face", ["verify", str(photo), str(photo), "-m", "NoSuchNet-9"], "NoSuchNet-9: no such model file, and no "
+         "released checkpoint has that name"),
+        ("evaluate", ["--model", str(model), "--bins", str(bin_file), "--output", str(a_file)],
+         f"{a_file}: is a file; give a folder"),
+        ("evaluate", ["--model", str(model), "--bins", str(bin_file), "--output", f"{a_file}/results"],
+         f"{a_file}/results: cannot be created: {a_file} is a file, not a folder"),
+        ("evaluate", ["--model", str(model), "--bins", str(root / "cfp.bin"), "--output", str(root / "r")],
+         f"{root / 'cfp.bin'}: .bin file not found"),
+        ("evaluate", ["--model", str(model), "--folder", str(a_file), "--output", str(root / "r")],
+         f"{a_file}: is a file; a folder was expected"),
+        ("evaluate", ["--model", str(root / "gone.tflite"), "--bins", str(bin_file), "--output", str(root / "r")],
+         f"{root / 'gone.tflite'}: model file not found"),
+        ("export", ["--model", str(model), "--output", str(a_folder)], f"{a_folder}: is a folder; give a file name"),
+        ("export", ["--model", str(model), "--format", "savedmodel", "--output", str(a_file)],
+         f"{a_file}: is a file; give a folder"),
+        ("export", ["--model", str(model), "--quantization", "int8", "--calibration-data", str(root / "faces"),
+                    "--output", str(root / "m.tflite")], f"{root / 'faces'}: image folder not found"),
+        ("export", ["--model", str(model), "--threads", "1,two", "--output", str(root / "m.tflite")],
+         "--threads 1,two: expected thread counts separated by commas, e.g. 1,2"),
+        ("train", ["--demo", "--output", str(a_file)], f"{a_file}: is a file; give a folder"),
+        ("train", ["--data", str(a_folder), "--output", f"{a_file}/run"],
+         f"{a_file}/run: cannot be created: {a_file} is a file, not a folder"),
+        ("train", ["--data", str(root / "faces"), "--output", str(root / "run")],
+         f"--data {root / 'faces'}: no such file or directory"),
+        ("train", ["--data", str(a_folder), "--init-from", str(root / "GN.h5"), "--output", str(root / "run")],
+         f"{root / 'GN.h5'}: model file not found"),
+        ("train", ["--data", str(a_folder), "--eval-bins", str(root / "agedb.bin"), "--output", str(root / "run")],
+         f"{root / 'agedb.bin'}: .bin file not found"),
+        ("convert", [str(root / "official.h5"), str(root / "out.keras")], f"{root / 'official.h5'}: file not found"),
+        ("convert", [str(model), str(a_folder)], f"{a_folder}: is a folder; give a file name"),
+    ]
+
+
+def test_every_command_refuses_bad_paths_in_one_line_before_the_backend_loads(model_file, photos, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "lfw.bin").write_bytes(b"\x80\x04N.")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    failures = []
+    for command, arguments, expected in _command_cases(tmp_path, model_file, photos[0]):
+        result = subprocess.run([sys.executable, "-c", _CHECK_BEFORE_BACKEND, f"ghostface_keras.cli.{command}",
+                                 *arguments], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        lines = result.stderr.strip().splitlines()
+        prog = {"face": "ghostface", "evaluate": "ghostface-eval"}.get(command, f"ghostface-{command}")
+        if not (result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{prog}: error: {expected}")
+                and result.stdout.strip() == "no backend"):
+            failures.append((command, arguments, result.returncode, result.stdout, result.stderr))
+    assert not failures, failures
+    assert sorted(path.name for path in tmp_path.iterdir()) == before  # nothing created, nothing left behind
+
+
+# -- RecordIO: sizes read from the files are checked before they are used; streaming errors are one line ----
+def _recordio(folder: Path) -> Path:
+    from test_data_recordio import _write_dataset  # the independent RecordIO writer of the reader's tests
+
+    _write_dataset(folder, images_per_class=(3, 3, 3))
+    return folder
+
+
+def test_a_property_declaring_a_hundred_million_classes_is_refused_in_bounded_memory(tmp_path):
+    """A 17-byte property of `100000000,112,112` took 33 s and 8.4 GB; now one line, checked against the index."""
+    folder = _recordio(tmp_path / "rec")
+    (folder / "property").write_text("100000000,112,112")
+    lines, peak = _child_max_rss_kib(
+        "import sys\nfrom ghostface_keras.data.recordio import recordio_source\nfrom ghostface_keras.errors import "
+        "DataError\ntry:\n    recordio_source(sys.argv[1])\nexcept DataError as error:\n    print(error)", str(folder))
+    _, baseline = _child_max_rss_kib("from ghostface_keras.data.recordio import recordio_source")
+    assert lines == [f"{folder / 'property'}: declares 100000000 classes but the index holds only 9 images (every "
+                     "class has at least one); wrong property file?"]
+    assert peak - baseline < 50_000
+
+
+@pytest.mark.parametrize("text", ["1,112", "0,112,112", "5,100000,112", "a,b,c", "9" * 5000])
+def test_malformed_property_files_are_one_line(tmp_path, text):
+    from ghostface_keras.data.recordio import read_property
+    from ghostface_keras.errors import DataError
+
+    folder = _recordio(tmp_path / "rec")
+    (folder / "property").write_text(text)
+    with pytest.raises(DataError, match=r"property: ") as raised:
+        read_property(folder)
+    assert len(str(raised.value)) < 300
+
+
+def test_an_identity_record_announcing_a_billion_keys_is_refused_before_listing_them(tmp_path):
+    import struct
+
+    from ghostface_keras.data import RecordIOReader
+    from ghostface_keras.errors import DataError
+    from test_data_recordio import _encode_record, _header
+
+    folder = _recordio(tmp_path / "rec")
+    rec, idx = folder / "train.rec", folder / "train.idx"
+    offsets = dict(line.split("\t") for line in idx.read_text().splitlines())
+    blob = rec.read_bytes()
+    start = int(offsets["0"])
+    length = struct.unpack("<I", blob[start + 4:start + 8])[0] & ((1 << 29) - 1)
+    forged = _encode_record(_header(2, 0.0, 0, (10, 1_000_000_000)))
+    assert len(forged) == 8 + length + (-length % 4)  # the same size: the other offsets stay right
+    rec.write_bytes(blob[:start] + forged + blob[start + len(forged):])
+    with RecordIOReader(folder) as reader, pytest.raises(DataError, match=r"record 0 \(the identity list\) announces "
+                                                                        r"keys \[10, 1000000000\), but the index holds"):
+        reader.image_labels()
+
+
+def test_corrupt_records_while_streaming_are_counted_skips_and_a_corrupt_file_is_one_line(tmp_path):
+    """cache=False (the large-data path): one bad record is replaced by another image of its identity and
+    counted; a file whose every record is bad stops with the reader's line, not tf.data's InvalidArgumentError."""
+    from ghostface_keras.data import recordio_dataset
+    from ghostface_keras.data.pipeline import pipeline_errors_in_one_line
+    from ghostface_keras.errors import DataError
+
+    folder = _recordio(tmp_path / "rec")
+    rec = folder / "train.rec"
+    offsets = {int(key): int(value) for key, value in
+               (line.split("\t") for line in (folder / "train.idx").read_text().splitlines())}
+    blob = bytearray(rec.read_bytes())
+    blob[offsets[2]:offsets[2] + 4] = b"XXXX"
+    rec.write_bytes(bytes(blob))
+    dataset = recordio_dataset(folder, batch_size=9, shuffle=False, cache=False, normalize=False)
+    _, labels = next(iter(dataset))
+    assert labels.numpy().tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # the bad record replaced within its identity
+    assert [name.split()[-1] for name, _ in dataset.skipped_files] == ["2"]
+    for key in range(1, 10):
+        blob[offsets[key]:offsets[key] + 4] = b"XXXX"
+    rec.write_bytes(bytes(blob))
+    dataset = recordio_dataset(folder, batch_size=9, shuffle=False, cache=False)
+    with pytest.raises(DataError) as raised, pipeline_errors_in_one_line():
+        next(iter(dataset))
+    assert str(raised.value).startswith(f"{rec}: none of the 9 images could be decoded")
+    assert "\n" not in str(raised.value) and "Traceback" not in str(raised.value)
+
+
+# -- data preparation scripts: one unreadable file is a counted skip, as in the loaders ---------------------
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "data_prep" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_bin_skips_and_counts_pairs_with_unreadable_images(tmp_path, capsys):
+    from ghostface_keras.data import load_bin
+
+    faces = tmp_path / "faces"
+    rng = np.random.default_rng(5)
+    for identity in range(3):
+        (faces / str(identity)).mkdir(parents=True)
+        for shot in range(2):
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(faces / str(identity) / f"{shot}.png")
+    (faces / "1" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "pairs.csv").write_text("0/0.png,0/1.png,1\n1/0.png,1/1.png,1\n0/0.png,1/1.png,0\n0/1.png,2/0.png,0\n")
+    output = tmp_path / "val.bin"
+    assert _script("make_bin").main([str(faces), str(output), "--pairs", str(tmp_path / "pairs.csv")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{output}: 2 pairs (1 positive, 1 negative); skipped 2 pairs with an unreadable image ("
+                          f"{faces / '1' / '1.png'}: not a readable image")
+    images, issame = load_bin(output)
+    assert images.shape == (4, 112, 112, 3) and issame.tolist() == [True, False]
+    (tmp_path / "bad.csv").write_text("1/1.png,1/1.png,1\n")
+    line = _one_line(capsys, _script("make_bin").main([str(faces), str(tmp_path / "none.bin"), "--pairs",
+                                                       str(tmp_path / "bad.csv")]))
+    assert line.startswith(f"make_bin: error: {faces}: no pair has two readable images") and not (tmp_path / "none.bin").exists()
+
+
+def test_rec_to_folders_skips_and_counts_corrupt_records(tmp_path, capsys):
+    folder = _recordio(tmp_path / "rec")
+    rec = folder / "train.rec"
+    offsets = {int(key): int(value) for key, value in
+               (line.split("\t") for line in (folder / "train.idx").read_text().splitlines())}
+    blob = bytearray(rec.read_bytes())
+    blob[offsets[4]:offsets[4] + 4] = b"XXXX"
+    rec.write_bytes(bytes(blob))
+    assert _script("rec_to_folders").main([str(folder), str(tmp_path / "out"), "--quiet"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"{tmp_path / 'out'}: 3 identities, 8 images written, 0 already present; skipped 1 corrupt "
+                          f"records ({rec}: record key 4: bad magic"), out
+    assert sum(1 for path in (tmp_path / "out").rglob("*") if path.is_file()) == 8
+
+
+# -- downloads: a published, pinned or first-use sha256 is checked before a file is used ---------------------
+def test_a_checkpoint_without_a_published_hash_is_recorded_on_first_download_and_verified_after(
+        released, tmp_path, monkeypatch, caplog):
+    import dataclasses
+    import hashlib
+
+    import ghostface_keras.pretrained as pretrained
+
+    unpublished = dataclasses.replace(pretrained.get_checkpoint("GhostFaceNetV1-0.5-2"), sha256=None)
+    monkeypatch.setattr(pretrained, "get_checkpoint", lambda name: unpublished)
+    actual = hashlib.sha256(released.read_bytes()).hexdigest()
+    cache = tmp_path / "ghostface_keras" / "v1.0"
+    pretrained.load_pretrained("x", cache_dir=str(tmp_path), origin=released.as_uri())
+    assert (cache / "GN_W0.5_S2_ArcFace_epoch16.h5.sha256").read_text().split() == [actual]
+    assert f"recorded {actual}" in caplog.text and f"sha256={actual!r}" in caplog.text  # printed, to pin it
+
+    converted = cache / "GN_W0.5_S2_ArcFace_epoch16.keras"
+    with open(converted, "ab") as handle:  # the cached conversion changed behind our back
+        handle.write(b"!")
+    with pytest.raises(pretrained.PretrainedError, match="is not the sha256 recorded when it was converted"):
+        pretrained.load_pretrained("x", cache_dir=str(tmp_path), origin=released.as_uri())
+
+    converted.unlink()
+    with open(cache / "GN_W0.5_S2_ArcFace_epoch16.h5", "ab") as handle:  # and the download too
+        handle.write(b"!")
+    with pytest.raises(pretrained.PretrainedError, match="is not the sha256 recorded at its first download"):
+        pretrained.load_pretrained("x", cache_dir=str(tmp_path), origin=released.as_uri())
+    with pytest.raises(pretrained.PretrainedError, match=f"is not the pinned sha256 {actual}"):
+        pretrained.load_pretrained("x", cache_dir=str(tmp_path), origin=released.as_uri(), sha256=actual)
+    assert not converted.exists()

@@ -22,7 +22,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Iterator
+from typing import Callable, Iterator
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -81,3 +81,41 @@ def error_line(prog: str, error: BaseException) -> str:
     """
     text = str(error).strip().splitlines()
     return f"{prog}: error: {text[0] if text else type(error).__name__}"
+
+
+def describe_os_error(error: OSError) -> str:
+    """'<file>: <reason>' for an operating-system error (disk full, permission, a folder where a file goes).
+
+    Example:
+        >>> describe_os_error(IsADirectoryError(21, "Is a directory", "out/model.tflite"))
+        'out/model.tflite: Is a directory'
+    """
+    name = error.filename if error.filename is not None else ""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{name}: {reason}" if name else reason
+
+
+def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = False) -> int:
+    """Run a command's work; turn our errors and operating-system errors into one line and exit status 2,
+    Ctrl-C into 130. `verbose` re-raises after the line (the traceback of `-v`).
+
+    Example:
+        >>> def work() -> int:
+        ...     raise FileNotFoundError(2, "No such file or directory", "faces/")
+        >>> run_reporting_errors("ghostface-demo", work)      # the line goes to stderr
+        2
+    """
+    from ghostface_keras.errors import GhostFaceError
+
+    try:
+        return body()
+    except (GhostFaceError, OSError) as error:
+        message = describe_os_error(error) if isinstance(error, OSError) else error
+        print(error_line(prog, message), file=sys.stderr)
+        if verbose:
+            raise
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ghostface_keras.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, error_line, import_backend_quietly
+from ghostface_keras.cli import EXIT_CHECK_FAILED, import_backend_quietly, run_reporting_errors
 
 SELF_CHECK_TOLERANCE = 1e-5
 
@@ -29,20 +29,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("source", help="official .h5 file (full-model save)")
     parser.add_argument("destination", help="output .keras file")
     args = parser.parse_args(argv)
-    import_backend_quietly()
-    from ghostface_keras.convert import convert_file
-    from ghostface_keras.errors import GhostFaceError
 
-    try:
+    def work() -> int:
+        from ghostface_keras.files import check_input_paths, check_output_path
+
+        check_input_paths([(args.source, "file")])
+        check_output_path(args.destination)
+        import_backend_quietly()
+        from ghostface_keras.convert import convert_file
+
         variant, difference = convert_file(args.source, args.destination)
-    except GhostFaceError as error:
-        print(error_line("ghostface-convert", error), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(f"variant: {variant.name} (use_bias={variant.use_bias}, scale={variant.scale}, "
-          f"embedding={variant.embedding_size}, se_gate={variant.se_gate}, bn_epsilon={variant.bn_epsilon:g})")
-    print(f"wrote {args.destination}; reload self-check max abs difference: {difference:.3g}")
-    return 0 if difference < SELF_CHECK_TOLERANCE else EXIT_CHECK_FAILED
+        print(f"variant: {variant.name} (use_bias={variant.use_bias}, scale={variant.scale}, "
+              f"embedding={variant.embedding_size}, se_gate={variant.se_gate}, bn_epsilon={variant.bn_epsilon:g})")
+        print(f"wrote {args.destination}; reload self-check max abs difference: {difference:.3g}")
+        return 0 if difference < SELF_CHECK_TOLERANCE else EXIT_CHECK_FAILED
 
+    return run_reporting_errors("ghostface-convert", work)
 
 if __name__ == "__main__":
     sys.exit(main())

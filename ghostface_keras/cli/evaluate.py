@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ghostface_keras.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, error_line, import_backend_quietly
+from ghostface_keras.cli import import_backend_quietly, run_reporting_errors
 from ghostface_keras.errors import DataError, GhostFaceError
 
 logger = logging.getLogger("ghostface_keras.eval")
@@ -106,13 +106,18 @@ def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, names: Sequen
     return results
 
 
-def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
-    """Run every requested benchmark; returns (verification results, extra JSON documents). `main` shows it
-    at work (it calls this, then writes the reports).
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad options, missing inputs and an unwritable --output in one line, before TensorFlow or the
+    model loads.
+
+    Example:
+        >>> check_arguments(build_parser().parse_args(["--model", "m.keras", "--output", "out"]))
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.DataError: nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes
     """
-    from ghostface_keras.embedding import EmbeddingFunction
-    from ghostface_keras.evaluation import evaluate_ijb, find_rfw_bins, rfw_summary
-    from ghostface_keras.evaluation.identification import evaluate_folder, evaluate_gallery_probe
+    from ghostface_keras.files import check_input_paths, check_output_path
+    from ghostface_keras.loading import check_model_source
 
     if not (args.bins or args.ijb or args.rfw or args.folder or args.gallery or args.probes):
         raise DataError("nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes")
@@ -120,6 +125,21 @@ def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
         raise DataError("--gallery and --probes go together")
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_input_paths([*((path, ".bin file") for path in args.bins), (args.ijb, "folder"), (args.rfw, "folder"),
+                       *((folder, "folder") for folder in args.folder), (args.gallery, "folder"),
+                       (args.probes, "folder"), (args.distractors, "folder")])
+    check_output_path(args.output, "folder")
+    check_model_source(args.model)
+
+
+def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """Run every requested benchmark (options checked by `check_arguments`); returns (verification results,
+    extra JSON documents). `main` shows it at work (it calls this, then writes the reports).
+    """
+    from ghostface_keras.embedding import EmbeddingFunction
+    from ghostface_keras.evaluation import evaluate_ijb, find_rfw_bins, rfw_summary
+    from ghostface_keras.evaluation.identification import evaluate_folder, evaluate_gallery_probe
+
     progress = not args.quiet
     embed = EmbeddingFunction(args.model, batch_size=args.batch_size, flip=args.flip)
     results = evaluate_bins(embed, args.bins, progress)
@@ -189,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    try:
+
+    def work() -> int:
+        check_arguments(args)
         import_backend_quietly()
         from ghostface_keras.evaluation import write_reports
 
@@ -197,13 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = Path(args.output)
         write_reports(results, output, extra=extra, plots=not args.no_plots)
         _print_summary(results, extra, output)
-    except GhostFaceError as error:
-        print(error_line("ghostface-eval", error), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("ghostface-eval: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
+        return 0
+
+    return run_reporting_errors("ghostface-eval", work)
 
 
 if __name__ == "__main__":

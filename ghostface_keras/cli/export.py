@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.cli import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, error_line, import_backend_quietly
-from ghostface_keras.errors import ExportError, GhostFaceError
+from ghostface_keras.cli import EXIT_CHECK_FAILED, import_backend_quietly, run_reporting_errors
+from ghostface_keras.errors import ExportError
 from ghostface_keras.export.formats import FORMATS, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
+    """Refuse bad option combinations, missing inputs and an unwritable --output before TensorFlow or the
+    model loads; returns the LiteRT thread counts."""
+    from ghostface_keras.files import check_input_paths, check_output_path
+    from ghostface_keras.loading import check_model_source
+
+    if args.format != "tflite" and args.quantization != "none":
+        raise ExportError(f"--quantization {args.quantization} applies to --format tflite only")
+    if args.fine_tune_steps and args.quantization != "int8":
+        raise ExportError("--fine-tune-steps applies to --quantization int8 only")
+    if args.quantization == "int8" and not args.calibration_data:
+        raise ExportError("--quantization int8 needs --calibration-data DIR (aligned faces)")
+    try:
+        threads = tuple(int(count) for count in args.threads.split(",") if count.strip())
+    except ValueError:
+        raise ExportError(f"--threads {args.threads}: expected thread counts separated by commas, e.g. 1,2") from None
+    check_input_paths([(args.calibration_data, "image folder"), (args.parity_data, "image folder")])
+    check_output_path(args.output, "folder" if args.format == "savedmodel" else "file")
+    check_model_source(args.model)
+    return threads
+
+
 def _parity_images(args: argparse.Namespace, height_width: tuple[int, int]) -> np.ndarray:
     from ghostface_keras.export.images import sample_images
     from ghostface_keras.preprocessing import normalize_images
@@ -106,8 +128,6 @@ def _export(args: argparse.Namespace, model, height_width: tuple[int, int], chec
         return export_onnx(model, args.output, batch_size=args.batch_size)
     calibration = None
     if args.quantization == "int8":
-        if not args.calibration_data:
-            raise ExportError("--quantization int8 needs --calibration-data DIR (aligned faces)")
         calibration = sample_images(args.calibration_data, args.calibration_size, seed=0, size=height_width)
     if args.fine_tune_steps:
         twin = quantization_aware_model(model, calibration, args.activation_percentile or 100.0)
@@ -139,12 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = _parse_arguments(argv)
-    try:
-        if args.format != "tflite" and args.quantization != "none":
-            raise ExportError(f"--quantization {args.quantization} applies to --format tflite only")
-        if args.fine_tune_steps and args.quantization != "int8":
-            raise ExportError("--fine-tune-steps applies to --quantization int8 only")
-        threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+    outcome: dict = {}
+
+    def work() -> int:
+        threads = _check_arguments(args)
         import_backend_quietly()
         from ghostface_keras.export.parity import check_parity
         from ghostface_keras.export.quantization_aware import is_quantization_aware
@@ -161,12 +179,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "export the twin with export_tflite in Python"
             )
         size = (loaded.input_size, loaded.input_size)
-        exported = _export(args, model, size, loaded.checkpoint.name if loaded.checkpoint else None)
+        outcome["exported"] = _export(args, model, size, loaded.checkpoint.name if loaded.checkpoint else None)
         images = _parity_images(args, size)
-        report = check_parity(model, exported, images, args.quantization, latency_threads=threads)
-    except (GhostFaceError, ValueError) as error:  # ValueError: e.g. a malformed --threads list
-        print(error_line("ghostface-export", error), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        outcome["report"] = check_parity(model, outcome["exported"], images, args.quantization,
+                                         latency_threads=threads)
+        return 0
+
+    status = run_reporting_errors("ghostface-export", work)
+    if status:
+        return status
+    report, exported = outcome["report"], outcome["exported"]
     print(report.to_markdown())
     if not report.passed:
         hint = _PARITY_HINTS.get(args.quantization, "")

@@ -3,6 +3,11 @@
     ghostface verify a.jpg b.jpg --model model.keras
     ghostface embed photos/*.jpg --model model.tflite --output embeddings.npy
     ghostface identify probe.jpg --gallery known_people/ --model GhostFaceNetV1-0.5-2
+    ghostface identify group.jpg --gallery known_people/ --model model.keras --face all
+
+Group photos: `--face largest` (default; a warning says how many faces were found and which was used),
+`--face N` (counted left to right from 1) or `--face all` (verify: the most similar pair of faces;
+embed: one row per face; identify: a ranking per face). verify takes `--face N,M` for one face per photo.
 
 Exit status and error lines follow `ghostface_keras.cli`. The work is `ghostface_keras.inference.FaceEmbedder`.
 """
@@ -17,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, error_line, import_backend_quietly
+from ghostface_keras.cli import import_backend_quietly, run_reporting_errors
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -45,6 +50,11 @@ def _build_parser() -> argparse.ArgumentParser:
         command.add_argument("--detector", default="mtcnn", help="'mtcnn' (default) or 'none' for aligned crops")
         command.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
         command.add_argument("--verbose", "-v", action="store_true")
+    verify.add_argument("--face", type=_face_pair, default=("largest", "largest"), help="which faces: largest "
+                        "(default), all (the most similar pair), N (counted left to right from 1) or N,M (one per photo)")
+    for command in (embed, identify):
+        command.add_argument("--face", type=_face_choice, default="largest", help="which face of each photo: "
+                             "largest (default), all (every face) or N (counted left to right from 1)")
     for command in (verify, identify):
         command.add_argument("--threshold", type=_cosine_threshold, help="cosine threshold (default: the released checkpoint's, "
                              "recognized from the weights; else 0.30)")
@@ -59,23 +69,47 @@ def _cosine_threshold(text: str) -> float:
     return value
 
 
+def _face_choice(text: str):
+    """A --face value, checked before anything loads (argparse turns the ValueError into a usage error)."""
+    from ghostface_keras.inference import parse_face_choice
+    from ghostface_keras.errors import GhostFaceError
+
+    try:
+        return parse_face_choice(text)
+    except GhostFaceError as error:
+        raise ValueError(str(error)) from None
+
+
+def _face_pair(text: str) -> tuple:
+    """verify's --face: one choice for both photos, or 'A,B' one per photo."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise ValueError(f"{text}: give one face choice, or two separated by a comma")
+    choices = [_face_choice(part) for part in parts]
+    return (choices[0], choices[-1])
+
+
 def _check_inputs(args: argparse.Namespace) -> None:
     """Refuse bad arguments before the model loads (seconds), in one line naming the file."""
     from ghostface_keras.errors import DataError
+    from ghostface_keras.files import check_input_paths, check_output_path
+    from ghostface_keras.loading import check_model_source
 
     photos = {"verify": lambda: [args.image_a, args.image_b], "embed": lambda: args.images,
               "identify": lambda: [args.probe]}[args.command]()
-    for photo in photos:
-        if not Path(photo).is_file():
-            raise DataError(f"{photo}: file not found")
-    if args.command == "identify" and not Path(args.gallery).exists():
-        raise DataError(f"{args.gallery}: gallery folder or .npz not found")
+    check_input_paths((photo, "file") for photo in photos)
+    if args.command == "identify":
+        check_input_paths([(args.gallery, "gallery folder or .npz")])
+        if args.save_gallery:
+            if not args.save_gallery.lower().endswith(".npz"):
+                raise DataError(f"{args.save_gallery}: --save-gallery must end in .npz")
+            check_output_path(args.save_gallery)
     if args.command == "embed":
         output = Path(args.output)
+        check_output_path(output)
         if output.suffix.lower() not in (".npz", ".npy"):
             raise DataError(f"{output}: --output must end in .npz (embeddings and paths in one file) or .npy")
-        if output.is_dir():
-            raise DataError(f"{output}: --output is a folder; give a file name")
+    check_model_source(args.model)
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -86,40 +120,84 @@ def _run_command(args: argparse.Namespace) -> int:
     embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                             threshold=getattr(args, "threshold", None))
     if args.command == "verify":
-        similarity, same = embedder.verify(args.image_a, args.image_b)
-        verdict = "same person" if same else "different people"
-        print(f"similarity {similarity:.4f}  threshold {embedder.threshold:.2f}  ->  {verdict}")
+        result = embedder.compare(args.image_a, args.image_b, face=args.face)
+        verdict = "same person" if result.same else "different people"
+        which = ""
+        if max(result.face_a.count, result.face_b.count) > 1:  # say which faces of a group photo were compared
+            which = f"  ({args.image_a}: {result.face_a.describe()}; {args.image_b}: {result.face_b.describe()})"
+        print(f"similarity {result.similarity:.4f}  threshold {embedder.threshold:.2f}  ->  {verdict}{which}")
         return 0
     if args.command == "embed":
-        embeddings = embedder.embed_batch(args.images, skip_missing=args.skip_missing, progress=len(args.images) > 1)
-        _save_embeddings(Path(args.output), embeddings, args.images)
+        if args.face == "all":
+            embeddings, sources, faces = _embed_every_face(embedder, args.images, args.skip_missing)
+        else:
+            embeddings = embedder.embed_batch(args.images, skip_missing=args.skip_missing,
+                                              progress=len(args.images) > 1, face=args.face)
+            sources, faces = list(args.images), None
+        _save_embeddings(Path(args.output), embeddings, sources, faces)
         missing = int(np.isnan(embeddings).any(axis=1).sum())
         print(f"wrote {len(embeddings)} x {embeddings.shape[1]} embeddings to {args.output}"
-              + (f" ({missing} photos without a face are NaN rows)" if missing else ""))
+              + (f" ({missing} photos without {'that face' if isinstance(args.face, int) else 'a face'} "
+                 "are NaN rows)" if missing else ""))
         return 0
     gallery = (Gallery.load(args.gallery) if str(args.gallery).endswith(".npz")
                else embedder.build_gallery(args.gallery, progress=True))
     if args.save_gallery:
         gallery.save(args.save_gallery)
-    for rank, match in enumerate(embedder.identify(args.probe, gallery, top_k=args.top_k), start=1):
-        verdict = "match" if match.same else "below threshold"
-        print(f"{rank}. {match.name}  similarity {match.similarity:.4f}  ({verdict}; {match.path})")
+    results = embedder.identify_faces(args.probe, gallery, top_k=args.top_k, face=args.face)
+    for found, matches in results:
+        indent = ""
+        if args.face == "all" or found.count > 1:  # a group photo: head each ranking with its face
+            print(f"{found.describe()}:")
+            indent = "  "
+        for rank, match in enumerate(matches, start=1):
+            verdict = "match" if match.same else "below threshold"
+            print(f"{indent}{rank}. {match.name}  similarity {match.similarity:.4f}  ({verdict}; {match.path})")
     return 0
 
 
-def _save_embeddings(output: Path, embeddings: np.ndarray, images: Sequence[str]) -> None:
-    """One `.npz` (embeddings and paths), or a `.npy` and its `.txt` of paths renamed into place together."""
+def _embed_every_face(embedder, images: Sequence[str], skip_missing: bool):
+    """--face all: one row per face, photos in order and faces left to right; a faceless photo is an error,
+    or one NaN row (face number 0) with --skip-missing."""
+    from ghostface_keras.errors import NoFaceError
+
+    rows, sources, faces = [], [], []
+    for image in images:
+        try:
+            embeddings, found = embedder.embed_faces(image)
+        except NoFaceError:
+            if not skip_missing:
+                raise
+            embeddings, found = None, [None]
+        for index, face in enumerate(found):
+            rows.append(embeddings[index] if embeddings is not None else None)
+            sources.append(str(image))
+            faces.append(face)
+    dimension = next((len(row) for row in rows if row is not None), embedder.model.embedding_size or 0)
+    table = np.stack([row if row is not None else np.full(dimension, np.nan, np.float32) for row in rows])
+    return table.astype(np.float32), sources, faces
+
+
+def _save_embeddings(output: Path, embeddings: np.ndarray, images: Sequence[str], faces=None) -> None:
+    """One `.npz` (embeddings and paths, and with --face all each row's face number and box), or a `.npy`
+    and its `.txt` of paths (`path<TAB>face number` with --face all) renamed into place together."""
     from ghostface_keras.files import atomic_output
 
     paths = [str(image) for image in images]
+    extra, lines = {}, paths
+    if faces is not None:
+        numbers = np.array([face.number if face is not None else 0 for face in faces], np.int32)
+        extra = {"faces": numbers, "boxes": np.stack([face.box if face is not None else np.full(4, np.nan)
+                                                      for face in faces]).astype(np.float32)}
+        lines = [f"{path}\t{number}" for path, number in zip(paths, numbers)]
     if output.suffix.lower() == ".npz":
         with atomic_output(output) as temporary, open(temporary, "wb") as handle:
-            np.savez(handle, embeddings=embeddings, paths=np.array(paths, dtype=str))
+            np.savez(handle, embeddings=embeddings, paths=np.array(paths, dtype=str), **extra)
         return
     with atomic_output(output) as array_file, atomic_output(output.with_suffix(".txt")) as order_file:
         with open(array_file, "wb") as handle:
             np.save(handle, embeddings)
-        order_file.write_text("\n".join(paths) + "\n", encoding="utf-8")
+        order_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,18 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    from ghostface_keras.errors import GhostFaceError
-
-    try:
-        return _run_command(args)
-    except GhostFaceError as error:
-        print(error_line("ghostface", error), file=sys.stderr)
-        if args.verbose:
-            raise
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("ghostface: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_reporting_errors("ghostface", lambda: _run_command(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from ghostface_keras.cli import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, error_line, import_backend_quietly,
-                                 quiet_tensorflow_logs)
+from ghostface_keras.cli import (EXIT_CHECK_FAILED, error_line, import_backend_quietly, quiet_tensorflow_logs,
+                                 run_reporting_errors)
 
 PROG = "ghostface-train"
 
@@ -128,27 +128,29 @@ def apply_demo_defaults(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: returns the exit status (prints one line and exits 2 on a GhostFaceError)."""
+    """CLI entry point: returns the exit status (one line on stderr and 2 for bad input, see ghostface_keras.cli)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_tensorflow_logs()
-    from ghostface_keras.errors import GhostFaceError
+    return run_reporting_errors(PROG, lambda: _run(argv))
 
-    try:
-        args = parse_args(argv)  # before any backend import: `--help` answers at once
-    except GhostFaceError as error:
-        print(error_line(PROG, error), file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+def _run(argv: list[str] | None) -> int:
+    from ghostface_keras.errors import GhostFaceError
+    from ghostface_keras.recipes import TrainingConfig, validate
+
+    args = parse_args(argv)  # before any backend import: `--help` answers at once
+    # options, files and --output checked in seconds, before the backend (and TensorFlow) loads
+    validate(TrainingConfig.from_dict(_config_fields(args)))
     problem = _backend_problem()
     if problem:
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise GhostFaceError(problem)
     import_backend_quietly()
     from ghostface_keras.distribution import LostProcessError
-    from ghostface_keras.recipes import TrainingConfig, train
+    from ghostface_keras.recipes import train
 
+    config = TrainingConfig.from_dict(_config_fields(args))
+    started = time.time()
     try:
-        config = TrainingConfig.from_dict(_config_fields(args))
-        started = time.time()
         result = train(config)
     except LostProcessError as error:
         # Exit now: JAX's shutdown would wait for the lost process until its heartbeat times out, then abort.
@@ -156,9 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_CHECK_FAILED)
-    except GhostFaceError as error:
-        print(error_line(PROG, error), file=sys.stderr)
-        return EXIT_BAD_INPUT
     if result.process_id == 0:
         print(_report(config, result, time.time() - started))
     else:

@@ -19,12 +19,14 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ghostface_keras.errors import DataError
 from ghostface_keras.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
-# Decompression-bomb guard: no face crop needs more than 64 megapixels.
-Image.MAX_IMAGE_PIXELS = 64_000_000
+# Training images are face crops: one over 16 megapixels (4000 x 4000) is refused from its header, before its
+# pixels are allocated (a 1 MB JPEG can declare 60 megapixels, 1.3 GB of decoding), and counted as a skip.
+MAX_TRAINING_PIXELS = 16_000_000
 
 
 class ImageDecodeError(ValueError):
@@ -45,6 +47,10 @@ def decode_image_bytes(encoded: bytes, image_size: int = 112) -> np.ndarray:
     """
     try:
         with Image.open(io.BytesIO(encoded)) as image:
+            width, height = image.size
+            if width * height > MAX_TRAINING_PIXELS:
+                raise ImageDecodeError(f"{width}x{height} pixels is more than the {MAX_TRAINING_PIXELS // 1_000_000} "
+                                       "megapixels a training image may have (data.decode.MAX_TRAINING_PIXELS)")
             image.load()  # forces the full decode: a truncated file fails here, not later
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16/32-bit grayscale: scale to 8 bits instead of letting PIL clip at 255
@@ -52,6 +58,8 @@ def decode_image_bytes(encoded: bytes, image_size: int = 112) -> np.ndarray:
                 peak = max(float(array.max()), 1.0)
                 image = Image.fromarray(np.uint8(np.rint(array * (255.0 / peak) if peak > 255 else array)))
             rgb = image.convert("RGB")
+    except ImageDecodeError:
+        raise
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -89,7 +97,7 @@ def decode_many(
         try:
             images[item] = decode_image_bytes(read_bytes(item), image_size)
             ok[item] = True
-        except (ImageDecodeError, OSError) as error:
+        except (ImageDecodeError, DataError, OSError) as error:  # DataError: a corrupt RecordIO record
             failures.append((item, str(error)))
 
     progress = _progress(count, progress_label)

@@ -24,10 +24,12 @@ Only TensorFlow ops run inside the maps: the pipeline feeds every Keras backend.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 # Never cache more than this much decoded pixel data automatically, whatever the free memory says.
 AUTO_CACHE_MAX_BYTES = 2 * 1024**3
 SKIPPED_PATHS_SHOWN = 5
+# Streaming: an item whose replacement search meets this many unreadable records in a row stops the run (the
+# file or its index is corrupt) instead of reading, and logging, millions of records first.
+MAX_REPLACEMENT_ATTEMPTS = 100
 # An image's augmentation key is epoch * EPOCH_KEY_STRIDE + its position in the epoch's global order.
 EPOCH_KEY_STRIDE = 2**32
 
@@ -322,23 +327,33 @@ class _SubstitutingLoader:
         image = self._try(chosen)
         if image is not None:
             return image, self.labels[chosen]
+        attempts = 1
         for candidate in self._candidates(item):
-            image = self._try(candidate) if candidate not in self.bad else None
+            if candidate in self.bad:
+                continue
+            image = self._try(candidate)
             if image is not None:
                 with self.lock:
                     self.replacement[item] = candidate
                 return image, self.labels[candidate]
+            attempts += 1
+            if attempts >= MAX_REPLACEMENT_ATTEMPTS:
+                raise DataError(f"{self.source.name}: {attempts} records in a row could not be read (first: "
+                                f"{self.skipped[0][0]}: {self.skipped[0][1]}); the file or its index is corrupt")
         raise DataError(f"{self.source.name}: none of the {len(self.labels)} images could be decoded")
 
     def _try(self, item: int) -> Optional[np.ndarray]:
         try:
             return decode_image_bytes(self.source.read_bytes(item), self.image_size)
-        except (ImageDecodeError, OSError) as error:
+        except (ImageDecodeError, DataError, OSError) as error:  # DataError: a corrupt RecordIO record
             with self.lock:
                 if item not in self.bad:  # each bad file is reported once, not once per epoch or shard
                     self.bad.add(item)
                     self.skipped.append((self.source.describe(item), str(error)))
-                    logger.warning("%s: skipped %s (%s)", self.source.name, self.source.describe(item), error)
+                    if len(self.skipped) <= SKIPPED_PATHS_SHOWN:
+                        logger.warning("%s: skipped %s (%s)%s", self.source.name, self.source.describe(item), error,
+                                       "; further skips are counted in the dataset's skipped_files, not logged"
+                                       if len(self.skipped) == SKIPPED_PATHS_SHOWN else "")
             return None
 
     def _candidates(self, item: int) -> Iterator[int]:
@@ -361,6 +376,29 @@ class _SubstitutingLoader:
         first = np.searchsorted(self._sorted_labels, label, side="left")
         last = np.searchsorted(self._sorted_labels, label, side="right")
         return self._by_label[first:last]
+
+
+@contextlib.contextmanager
+def pipeline_errors_in_one_line() -> Iterator[None]:
+    """Re-raise a `DataError` raised while tf.data streams (a corrupt dataset found mid-epoch) as itself.
+
+    tf.data wraps an exception of a Python reader into an `OpError` whose message holds the exception's
+    name, text and a Python traceback; commands would print all of it. Training runs inside this.
+
+    Example:
+        >>> with pipeline_errors_in_one_line():
+        ...     raise tf.errors.InvalidArgumentError(None, None, "{{node}} DataError: a.rec: bad magic\\nTraceback ...")
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.DataError: a.rec: bad magic
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        found = re.search(r"\b(?:DataError|ImageDecodeError): ([^\n]+)", error.message or "")
+        if found is None:
+            raise
+        raise DataError(found.group(1).strip()) from None
 
 
 def _decoded_on_the_fly(stream, source: ImageSource, labels: np.ndarray, image_size: int, shard_batch_size: int, skipped: list):

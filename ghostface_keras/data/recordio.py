@@ -120,6 +120,11 @@ class RecordIOReader:
 
     # insightface layout -------------------------------------------------------------------------------
 
+    def _check_key_range(self, start: int, end: int, where: str) -> None:
+        if not 0 <= start <= end or end - start > len(self.offsets):
+            raise DataError(f"{self.rec_path}: {where} announces keys [{start}, {end}), but the index holds "
+                            f"{len(self.offsets)} records (corrupt file or wrong .idx)")
+
     def image_labels(self) -> tuple[list[int], np.ndarray]:
         """Keys of the image records and their class labels, following insightface's conventions.
 
@@ -129,11 +134,15 @@ class RecordIOReader:
         header, _ = self.read_record(0) if 0 in self.offsets else (None, b"")
         if header is not None and header.flag > 0 and isinstance(header.label, tuple) and len(header.label) >= 2:
             first_identity, end_identity = int(header.label[0]), int(header.label[1])
+            # ranges read from the file are checked against the index before any list is built from them: a
+            # few corrupt bytes could otherwise announce billions of keys
+            self._check_key_range(first_identity, end_identity, "record 0 (the identity list)")
             keys: list[int] = []
             labels: list[int] = []
             for class_index, identity_key in enumerate(range(first_identity, end_identity)):
                 identity, _ = self.read_record(identity_key)
                 start, end = _label_pair(identity, f"{self.rec_path} identity record key {identity_key}")
+                self._check_key_range(start, end, f"identity record key {identity_key}")
                 keys.extend(range(start, end))
                 labels.extend([class_index] * (end - start))
             if keys:
@@ -215,10 +224,14 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int] | None:
     prop = rec.parent / "property"
     if not prop.is_file():
         return None
+    with open(prop, "rb") as handle:
+        text = handle.read(200).decode("utf-8", errors="replace")  # a few bytes are all a property file holds
     try:
-        classes, height, width = (int(value) for value in prop.read_text().strip().split(","))
+        classes, height, width = (int(value) for value in text.strip().split(","))
     except ValueError:
-        raise DataError(f"{prop}: expected 'num_classes,height,width', got {prop.read_text()[:60]!r}") from None
+        raise DataError(f"{prop}: expected 'num_classes,height,width', got {text[:60]!r}") from None
+    if classes < 1 or not (1 <= height <= 4096 and 1 <= width <= 4096):
+        raise DataError(f"{prop}: {classes} classes of {height}x{width} images is not a face dataset's property")
     return classes, height, width
 
 
@@ -230,6 +243,10 @@ def recordio_source(path: str | os.PathLike) -> ImageSource:
         raise DataError(f"{reader.rec_path}: no image records found")
     num_classes = int(labels.max()) + 1
     prop = read_property(path)
+    if prop is not None and prop[0] > len(keys):
+        # checked before the class names are built: a 17-byte property must not cost gigabytes
+        raise DataError(f"{reader.rec_path.parent / 'property'}: declares {prop[0]} classes but the index holds only "
+                        f"{len(keys)} images (every class has at least one); wrong property file?")
     if prop is not None and prop[0] > num_classes:
         num_classes = prop[0]  # classes with no images still own a label (the head must have their rows)
 
