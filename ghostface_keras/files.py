@@ -22,11 +22,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
+
+import numpy as np
 
 from ghostface_keras.errors import DataError
 
@@ -236,3 +240,62 @@ def check_output_path(path: str | os.PathLike, kind: str = "file") -> None:
         raise DataError(f"{path}: cannot be created: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DataError(f"{path}: cannot be written: no permission to write in {existing}")
+
+
+# a member of a .npz may unpack to at most this many times its compressed size: embeddings and weights compress
+# by less than 2x, while a zip bomb of zeros unpacks 1000x
+_MAX_NPZ_EXPANSION = 20
+
+
+def load_npz(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a `.npz` file (those in `names`, or all), without pickles, each checked before it is
+    allocated: the size its header declares must fit the bytes the archive holds for it (a 1 KB file may declare
+    a 200 GB array, or unpack 1000x). Any problem is one `DataError` naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "arrays.npz")
+        >>> np.savez(path, a=np.arange(3), b=np.eye(2))
+        >>> sorted(load_npz(path)), load_npz(path, ["a"])["a"].tolist()
+        (['a', 'b'], [0, 1, 2])
+    """
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+            for name in (names if names is not None else list(members)):
+                if name not in members:
+                    raise DataError(f"{path}: no array {name!r} (it holds {sorted(members)})")
+                info = members[name]
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                declared = math.prod(shape) * dtype.itemsize
+                if dtype.hasobject:
+                    raise DataError(f"{path}: array {name!r} holds Python objects, which are not loaded")
+                if declared > info.file_size or info.file_size > _MAX_NPZ_EXPANSION * info.compress_size + 4096:
+                    raise DataError(f"{path}: array {name!r} declares {declared:,} bytes ({shape}) but the file holds "
+                                    f"{info.compress_size:,} for it: truncated, corrupt or a decompression bomb")
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as error:
+        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+    return arrays
+
+
+def describe_os_error(error: OSError) -> str:
+    """'<file>: <reason>' for an operating-system error (disk full, permission, a folder where a file goes).
+
+    Example:
+        >>> describe_os_error(IsADirectoryError(21, "Is a directory", "out/model.tflite"))
+        'out/model.tflite: Is a directory'
+    """
+    name = error.filename if error.filename is not None else ""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{name}: {reason}" if name else reason

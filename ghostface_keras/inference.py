@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from ghostface_keras.align import (
+    DEFAULT_DETECTOR,
     DetectedFace,
     FaceDetector,
     ImageInput,
@@ -46,7 +47,7 @@ from ghostface_keras.align import (
 )
 from ghostface_keras.embedding import EmbeddingFunction
 from ghostface_keras.errors import DataError, GhostFaceError, NoFaceError
-from ghostface_keras.files import list_images, write_atomically
+from ghostface_keras.files import list_images, load_npz, write_atomically
 from ghostface_keras.loading import LoadedModel, load_model
 from ghostface_keras.numeric import l2_normalize
 from ghostface_keras.progress import ProgressBar
@@ -150,10 +151,10 @@ class Gallery:
             ['alice', 'alice']
         """
         try:
-            with np.load(path, allow_pickle=False) as data:
-                names, embeddings, paths = data["names"].tolist(), data["embeddings"], data["paths"].tolist()
-        except (OSError, KeyError, ValueError, EOFError) as error:
-            raise DataError(f"{path}: not a gallery .npz file ({error})") from None
+            data = load_npz(path, ["names", "embeddings", "paths"])  # sizes checked before allocation
+        except DataError as error:
+            raise DataError(f"{path}: not a gallery .npz file ({str(error).removeprefix(f'{path}: ')})") from None
+        names, embeddings, paths = data["names"].tolist(), data["embeddings"], data["paths"].tolist()
         if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating) or len(embeddings) == 0:
             raise DataError(f"{path}: gallery embeddings have shape {embeddings.shape} and type {embeddings.dtype}; "
                             "expected a non-empty (N, D) float array")
@@ -168,7 +169,8 @@ class FaceEmbedder:
     Args:
         model_or_path: anything `ghostface_keras.load_model` takes: a Keras model, a `.keras` / `.h5` (ours or
             an official release) / `.tflite` / `.onnx` file, a SavedModel folder, a released checkpoint name.
-        detector: "mtcnn" (default), any object with `.detect(image) -> list[DetectedFace]`, or
+        detector: "blazeface" (default; fast, LiteRT), "mtcnn" (finds smaller faces, ~20x slower), any object
+            with `.detect(image) -> list[DetectedFace]`, or
             None / "none" when inputs are already aligned crops (resized to the model input if needed).
         flip: add the embedding of the mirrored crop before normalizing (official evaluation TTA).
         threshold: cosine threshold for `verify`; default: the threshold of the released checkpoint these
@@ -179,14 +181,14 @@ class FaceEmbedder:
         >>> import keras
         >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
         >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
-        >>> embedder = FaceEmbedder(model, detector=None)   # aligned crops in; photos need the default "mtcnn"
+        >>> embedder = FaceEmbedder(model, detector=None)   # aligned crops in; photos need a detector ("blazeface")
         >>> embedder.embed(np.zeros((112, 112, 3), np.uint8)).shape       # a path, PIL image or array
         (32,)
         >>> FaceEmbedder("model.tflite").embed("photo.jpg").shape         # doctest: +SKIP
         (512,)
     """
 
-    def __init__(self, model_or_path: Any, detector: str | FaceDetector | None = "mtcnn", flip: bool = True,
+    def __init__(self, model_or_path: Any, detector: str | FaceDetector | None = DEFAULT_DETECTOR, flip: bool = True,
                  threshold: float | None = None, batch_size: int = 32) -> None:
         self.model: LoadedModel = load_model(model_or_path)
         self.detector = get_detector(detector)
@@ -194,6 +196,34 @@ class FaceEmbedder:
         self.batch_size = int(batch_size)
         self.threshold = float(threshold) if threshold is not None else self.model.threshold
         self._embed = EmbeddingFunction(self.model, batch_size=self.batch_size, flip=self.flip)
+
+    def warm_up(self) -> "FaceEmbedder":
+        """Run the whole path once now, so that the first real call is as fast as the rest: trace the embedding
+        graph for each padded batch size (a short batch is padded to the next power of two; TensorFlow traces
+        one graph per size until it generalizes) and start the detector on a drawn face. Long-lived users
+        (`ghostface serve`, `ghostface watch`) call it at start; without it the first call costs 1-2 s more.
+
+        Example:
+            >>> import keras
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> FaceEmbedder(model, detector=None, batch_size=4).warm_up().batch_size
+            4
+        """
+        from ghostface_keras.data.synthetic import render_synthetic_faces
+
+        size, count = self.input_size, 1
+        while count <= self.batch_size:
+            self.embed_aligned(np.zeros((count, size, size, 3), np.uint8))
+            count *= 2
+        if self.detector is not None:
+            faces, _ = render_synthetic_faces(1, 1, image_size=size)
+            margin = size // 2  # a face filling a quarter of the photo, as detectors expect
+            try:
+                self.embed(np.pad(faces[0], ((margin, margin), (margin, margin), (0, 0))))
+            except NoFaceError:  # a detector that does not see a drawn face has still started
+                pass
+        return self
 
     @property
     def input_size(self) -> int:
@@ -337,7 +367,7 @@ class FaceEmbedder:
             >>> from ghostface_keras.data.synthetic import render_synthetic_faces
             >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
             >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
-            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need the default "mtcnn"
+            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need a detector ("blazeface")
             >>> faces, _ = render_synthetic_faces(1, 2)            # two pictures of one made-up person
             >>> embedder.threshold                                 # weights of no released checkpoint: the fallback
             0.3
@@ -387,7 +417,7 @@ class FaceEmbedder:
             >>> from ghostface_keras.data.synthetic import render_synthetic_faces
             >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
             >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
-            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need the default "mtcnn"
+            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need a detector ("blazeface")
             >>> faces, _ = render_synthetic_faces(2, 2)            # two made-up people, two pictures each
             >>> known_people = Path(tempfile.mkdtemp())
             >>> for index, name in enumerate(["alice", "alice", "bob", "bob"]):
@@ -418,7 +448,7 @@ class FaceEmbedder:
             >>> from ghostface_keras.data.synthetic import render_synthetic_faces
             >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
             >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
-            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need the default "mtcnn"
+            >>> embedder = FaceEmbedder(model, detector=None)      # aligned crops; photos need a detector ("blazeface")
             >>> faces, _ = render_synthetic_faces(2, 2)            # two made-up people, two pictures each
             >>> best = embedder.identify(faces[0], {"alice": faces[:2], "bob": faces[2:]})[0]   # or a folder
             >>> best.name, best.same

@@ -33,7 +33,7 @@ from ghostface_keras.callbacks import (
     VerificationCallback,
     load_history,
 )
-from ghostface_keras.files import write_atomically
+from ghostface_keras.files import load_npz, write_atomically
 from ghostface_keras.schedules import ShiftedSchedule
 from ghostface_keras.distribution import (
     Cluster,
@@ -403,8 +403,7 @@ class Trainer:
         path = self.output_dir / STATE_FILE
         arrays = None
         if self.cluster.is_writer and path.is_file():
-            with np.load(path, allow_pickle=False) as saved:
-                arrays = {key: saved[key] for key in saved.files}
+            arrays = load_npz(path)  # a damaged state file is one DataError line, not a traceback
         state = broadcast_arrays_from_writer(arrays)
         if state is None:
             logger.info("no training state in %s: starting from epoch 0", self.output_dir)

@@ -372,8 +372,10 @@ def _command_cases(root: Path, model: Path, photo: Path) -> list[tuple[str, list
          f"{a_folder}: is a folder; give a file name"),
         ("face", ["embed", str(photo), "-m", str(model), "--output", f"{a_file}/e.npz"],
          f"{a_file}/e.npz: cannot be created: {a_file} is a file, not a folder"),
-        ("face", ["identify", str(photo), "--gallery", str(a_folder), "-m", str(model), "--save-gallery",
+        ("face", ["identify", str(photo), "--gallery", str(photo.parent), "-m", str(model), "--save-gallery",
                   str(a_folder / "g.txt")], f"{a_folder / 'g.txt'}: --save-gallery must end in .npz"),
+        ("face", ["identify", str(photo), "--gallery", str(a_folder), "-m", str(model)],
+         f"{a_folder}: gallery folder has no image files"),
         ("face", ["verify", str(photo), str(photo), "-m", str(root / "missing.keras")],
          f"{root / 'missing.keras'}: model file not found"),
         ("face", ["verify", str(photo), str(photo), "-m", "NoSuchNet-9"], "NoSuchNet-9: no such model file, and no "
@@ -436,6 +438,17 @@ def _recordio(folder: Path) -> Path:
     return folder
 
 
+def _break_records(folder: Path, keys) -> None:
+    """Overwrite the magic word of these records (found through train.idx): each becomes unreadable."""
+    rec = folder / "train.rec"
+    offsets = {int(key): int(value) for key, value in
+               (line.split("\t") for line in (folder / "train.idx").read_text().splitlines())}
+    blob = bytearray(rec.read_bytes())
+    for key in keys:
+        blob[offsets[key]:offsets[key] + 4] = b"XXXX"
+    rec.write_bytes(bytes(blob))
+
+
 def test_a_property_declaring_a_hundred_million_classes_is_refused_in_bounded_memory(tmp_path):
     """A 17-byte property of `100000000,112,112` took 33 s and 8.4 GB; now one line, checked against the index."""
     folder = _recordio(tmp_path / "rec")
@@ -491,18 +504,12 @@ def test_corrupt_records_while_streaming_are_counted_skips_and_a_corrupt_file_is
 
     folder = _recordio(tmp_path / "rec")
     rec = folder / "train.rec"
-    offsets = {int(key): int(value) for key, value in
-               (line.split("\t") for line in (folder / "train.idx").read_text().splitlines())}
-    blob = bytearray(rec.read_bytes())
-    blob[offsets[2]:offsets[2] + 4] = b"XXXX"
-    rec.write_bytes(bytes(blob))
+    _break_records(folder, [2])
     dataset = recordio_dataset(folder, batch_size=9, shuffle=False, cache=False, normalize=False)
     _, labels = next(iter(dataset))
     assert labels.numpy().tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # the bad record replaced within its identity
     assert [name.split()[-1] for name, _ in dataset.skipped_files] == ["2"]
-    for key in range(1, 10):
-        blob[offsets[key]:offsets[key] + 4] = b"XXXX"
-    rec.write_bytes(bytes(blob))
+    _break_records(folder, range(1, 10))
     dataset = recordio_dataset(folder, batch_size=9, shuffle=False, cache=False)
     with pytest.raises(DataError) as raised, pipeline_errors_in_one_line():
         next(iter(dataset))
@@ -547,11 +554,7 @@ def test_make_bin_skips_and_counts_pairs_with_unreadable_images(tmp_path, capsys
 def test_rec_to_folders_skips_and_counts_corrupt_records(tmp_path, capsys):
     folder = _recordio(tmp_path / "rec")
     rec = folder / "train.rec"
-    offsets = {int(key): int(value) for key, value in
-               (line.split("\t") for line in (folder / "train.idx").read_text().splitlines())}
-    blob = bytearray(rec.read_bytes())
-    blob[offsets[4]:offsets[4] + 4] = b"XXXX"
-    rec.write_bytes(bytes(blob))
+    _break_records(folder, [4])
     assert _script("rec_to_folders").main([str(folder), str(tmp_path / "out"), "--quiet"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"{tmp_path / 'out'}: 3 identities, 8 images written, 0 already present; skipped 1 corrupt "
@@ -589,3 +592,40 @@ def test_a_checkpoint_without_a_published_hash_is_recorded_on_first_download_and
     with pytest.raises(pretrained.PretrainedError, match=f"is not the pinned sha256 {actual}"):
         pretrained.load_pretrained("x", cache_dir=str(tmp_path), origin=released.as_uri(), sha256=actual)
     assert not converted.exists()
+
+
+def _npy_member(shape: tuple, dtype: str, payload: bytes = b"") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + payload
+
+
+@pytest.mark.parametrize("bomb", [False, True])
+def test_a_gallery_npz_declaring_more_than_it_holds_is_refused_before_allocating(tmp_path, bomb):
+    """An 800-byte .npz whose header declares 205 GB of embeddings, and a 64 MB zip bomb of zeros (64 KB on disk):
+    one line each, decided from the sizes before any array is allocated or unpacked."""
+    import zipfile
+
+    path = tmp_path / "gallery.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if bomb else zipfile.ZIP_STORED) as archive:
+        archive.writestr("names.npy", _npy_member((1,), "<U1", "a".encode("utf-32-le")))
+        if bomb:
+            with archive.open("embeddings.npy", "w") as member:
+                member.write(_npy_member((131_072, 128), "<f4"))
+                for _ in range(64):
+                    member.write(bytes(1 << 20))
+        else:
+            archive.writestr("embeddings.npy", _npy_member((100_000_000, 512), "<f4", b"\0" * 64))
+        archive.writestr("paths.npy", _npy_member((0,), "<U1"))
+    assert path.stat().st_size < 200_000
+    lines, peak = _child_max_rss_kib("import sys\nfrom ghostface_keras.inference import Gallery\nfrom ghostface_keras."
+                                     "errors import DataError\ntry:\n    Gallery.load(sys.argv[1])\nexcept DataError as "
+                                     "error:\n    print(error)", str(path))
+    _, baseline = _child_max_rss_kib("from ghostface_keras.inference import Gallery")
+    assert lines and lines[0].startswith(f"{path}: not a gallery .npz file ({path}: array 'embeddings' declares") \
+        or lines[0].startswith(f"{path}: not a gallery .npz file (array 'embeddings' declares"), lines
+    assert "truncated, corrupt or a decompression bomb" in lines[0]
+    assert peak - baseline < 50_000

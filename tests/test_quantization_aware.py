@@ -198,7 +198,7 @@ def test_cli_fine_tune_errors(twins, tmp_path, capsys, arguments, message):
 def test_cli_refuses_a_saved_twin(twins, tmp_path, capsys):
     path = tmp_path / "twin.keras"
     twins[1][1].save(path)
-    code = export_cli.main(["--model", str(path), "--quantization", "int8", "--output", str(tmp_path / "o.tflite")])
+    code = export_cli.main(["--model", str(path), "--quantization", "float16", "--output", str(tmp_path / "o.tflite")])
     assert code == 2 and "quantization-aware twin" in capsys.readouterr().err
 
 

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -83,18 +84,6 @@ def error_line(prog: str, error: BaseException) -> str:
     return f"{prog}: error: {text[0] if text else type(error).__name__}"
 
 
-def describe_os_error(error: OSError) -> str:
-    """'<file>: <reason>' for an operating-system error (disk full, permission, a folder where a file goes).
-
-    Example:
-        >>> describe_os_error(IsADirectoryError(21, "Is a directory", "out/model.tflite"))
-        'out/model.tflite: Is a directory'
-    """
-    name = error.filename if error.filename is not None else ""
-    reason = error.strerror or str(error) or type(error).__name__
-    return f"{name}: {reason}" if name else reason
-
-
 def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = False) -> int:
     """Run a command's work; turn our errors and operating-system errors into one line and exit status 2,
     Ctrl-C into 130. `verbose` re-raises after the line (the traceback of `-v`).
@@ -106,6 +95,7 @@ def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = Fal
         2
     """
     from ghostface_keras.errors import GhostFaceError
+    from ghostface_keras.files import describe_os_error
 
     try:
         return body()
@@ -119,3 +109,80 @@ def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = Fal
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
+
+def check_gallery_argument(gallery: str):
+    """Refuse a --gallery that cannot be one before TensorFlow or the model loads: missing, an empty folder, or
+    neither a folder nor a `.npz`. Returns the `Gallery` of a `.npz` (read with numpy only), None for a folder
+    (embedded once the model is loaded).
+
+    Example:
+        >>> check_gallery_argument("no_such_people/")
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.errors.DataError: no_such_people/: gallery folder or .npz not found
+    """
+    from pathlib import Path
+
+    from ghostface_keras.errors import DataError
+    from ghostface_keras.files import check_input_paths, list_images
+    from ghostface_keras.inference import Gallery
+
+    check_input_paths([(gallery, "gallery folder or .npz")])
+    path = Path(gallery)
+    if path.is_dir():
+        if not list_images(path):
+            raise DataError(f"{path}: gallery folder has no image files")
+        return None
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: --gallery must be a folder of photos or a .npz gallery")
+    return Gallery.load(path)  # a malformed or hostile .npz: one DataError naming it
+
+
+# argparse types shared by the commands: their ArgumentTypeError text is what the usage error (exit 2) shows
+def positive_int(text: str) -> int:
+    """An integer >= 1.
+
+    Example:
+        >>> positive_int("3")
+        3
+    """
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0.
+
+    Example:
+        >>> non_negative_int("0")
+        0
+    """
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def cosine_threshold(text: str) -> float:
+    """A cosine threshold: a finite number in [-1, 1] (nan refused too).
+
+    Example:
+        >>> cosine_threshold("0.21")
+        0.21
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -1.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not a cosine threshold in [-1, 1]")
+    return value

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.cli import EXIT_CHECK_FAILED, import_backend_quietly, run_reporting_errors
+from ghostface_keras.cli import EXIT_CHECK_FAILED, import_backend_quietly, non_negative_int, run_reporting_errors
 from ghostface_keras.errors import ExportError
 from ghostface_keras.export.formats import FORMATS, QUANTIZATIONS
 
@@ -43,7 +43,7 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--activation-percentile", type=_percentile, default="auto",
                         help="int8: activation ranges from this percentile of the calibration values "
                         "(100 = min/max); 'auto' (default) picks it on held-out calibration images")
-    parser.add_argument("--fine-tune-steps", type=_non_negative, default=0,
+    parser.add_argument("--fine-tune-steps", type=non_negative_int, default=0,
                         help="int8: quantization-aware fine-tuning steps (distillation to the float model on the "
                         "calibration images) before export; 0 (default) = post-training int8 only")
     parser.add_argument("--fine-tune-learning-rate", type=_positive_float, default=3e-5,
@@ -62,13 +62,6 @@ def _percentile(text: str) -> float | str | None:
     if not 50.0 < value <= 100.0:
         raise argparse.ArgumentTypeError(f"percentile must be in (50, 100] or 'auto', got {text}")
     return None if value == 100.0 else value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def _positive_float(text: str) -> float:

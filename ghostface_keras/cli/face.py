@@ -4,6 +4,7 @@
     ghostface embed photos/*.jpg --model model.tflite --output embeddings.npy
     ghostface identify probe.jpg --gallery known_people/ --model GhostFaceNetV1-0.5-2
     ghostface identify group.jpg --gallery known_people/ --model model.keras --face all
+    ghostface watch meeting.mp4 --gallery known_people/ --model model.keras --output-video annotated.mp4
 
 Group photos: `--face largest` (default; a warning says how many faces were found and which was used),
 `--face N` (counted left to right from 1) or `--face all` (verify: the most similar pair of faces;
@@ -22,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.cli import import_backend_quietly, run_reporting_errors
+from ghostface_keras.cli import (check_gallery_argument, cosine_threshold, import_backend_quietly,
+                                 run_reporting_errors)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -47,7 +49,8 @@ def _build_parser() -> argparse.ArgumentParser:
     for command in (verify, embed, identify):
         command.add_argument("--model", "-m", required=True, help=".keras, .h5 (ours or official), .tflite, .onnx, a "
                              "SavedModel folder, or a released checkpoint name such as GhostFaceNetV1-0.5-2")
-        command.add_argument("--detector", default="mtcnn", help="'mtcnn' (default) or 'none' for aligned crops")
+        command.add_argument("--detector", default="blazeface", help="'blazeface' (default, fast), 'mtcnn' (finds "
+                             "smaller faces, ~20x slower) or 'none' for aligned crops")
         command.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
         command.add_argument("--verbose", "-v", action="store_true")
     verify.add_argument("--face", type=_face_pair, default=("largest", "largest"), help="which faces: largest "
@@ -55,18 +58,18 @@ def _build_parser() -> argparse.ArgumentParser:
     for command in (embed, identify):
         command.add_argument("--face", type=_face_choice, default="largest", help="which face of each photo: "
                              "largest (default), all (every face) or N (counted left to right from 1)")
+    from ghostface_keras.cli.watch import add_watch_arguments
+
+    add_watch_arguments(commands.add_parser("watch", help="who is in a video file or in front of a camera: "
+                                            "detect, track, identify frame by frame"))
+    from ghostface_keras.cli.serve import add_serve_arguments
+
+    add_serve_arguments(commands.add_parser("serve", help="load the model once and answer JSON-line requests "
+                                            "(verify, embed, identify) on stdin: a warm process for scripts"))
     for command in (verify, identify):
-        command.add_argument("--threshold", type=_cosine_threshold, help="cosine threshold (default: the released checkpoint's, "
+        command.add_argument("--threshold", type=cosine_threshold, help="cosine threshold (default: the released checkpoint's, "
                              "recognized from the weights; else 0.30)")
     return parser
-
-
-def _cosine_threshold(text: str) -> float:
-    """A cosine threshold: a finite number in [-1, 1] (argparse turns the ValueError into a usage error)."""
-    value = float(text)
-    if not -1.0 <= value <= 1.0:  # also refuses nan
-        raise ValueError(f"{text} is not a cosine threshold in [-1, 1]")
-    return value
 
 
 def _face_choice(text: str):
@@ -99,7 +102,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
               "identify": lambda: [args.probe]}[args.command]()
     check_input_paths((photo, "file") for photo in photos)
     if args.command == "identify":
-        check_input_paths([(args.gallery, "gallery folder or .npz")])
+        args.loaded_gallery = check_gallery_argument(args.gallery)
         if args.save_gallery:
             if not args.save_gallery.lower().endswith(".npz"):
                 raise DataError(f"{args.save_gallery}: --save-gallery must end in .npz")
@@ -113,9 +116,17 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if args.command == "watch":
+        from ghostface_keras.cli.watch import run_watch
+
+        return run_watch(args)
+    if args.command == "serve":
+        from ghostface_keras.cli.serve import run_serve
+
+        return run_serve(args)
     _check_inputs(args)
     import_backend_quietly()
-    from ghostface_keras.inference import FaceEmbedder, Gallery
+    from ghostface_keras.inference import FaceEmbedder
 
     embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                             threshold=getattr(args, "threshold", None))
@@ -140,8 +151,7 @@ def _run_command(args: argparse.Namespace) -> int:
               + (f" ({missing} photos without {'that face' if isinstance(args.face, int) else 'a face'} "
                  "are NaN rows)" if missing else ""))
         return 0
-    gallery = (Gallery.load(args.gallery) if str(args.gallery).endswith(".npz")
-               else embedder.build_gallery(args.gallery, progress=True))
+    gallery = args.loaded_gallery or embedder.build_gallery(args.gallery, progress=True)
     if args.save_gallery:
         gallery.save(args.save_gallery)
     results = embedder.identify_faces(args.probe, gallery, top_k=args.top_k, face=args.face)
@@ -214,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> faces, _ = render_synthetic_faces(1, 2)      # two aligned 112x112 pictures of one made-up person
         >>> Image.fromarray(faces[0]).save(folder / "a.png")
         >>> Image.fromarray(faces[1]).save(folder / "b.png")
-        >>> # aligned crops, so --detector none; photos use the default detector, mtcnn
+        >>> # aligned crops, so --detector none; photos use the default detector, blazeface
         >>> main(["verify", str(folder / "a.png"), str(folder / "b.png"), "--model", str(folder / "model.keras"),
         ...       "--detector", "none"])
         similarity ...  threshold 0.30  ->  ...

@@ -1,0 +1,165 @@
+"""`ghostface serve`: one warm process that answers face requests, one JSON line in, one JSON line out.
+
+    ghostface serve --model GN_W0.5_S2_ArcFace_epoch16.h5 --gallery known_people/ < requests.jsonl > answers.jsonl
+    python -m ghostface_keras.cli.serve -m model.tflite                  # the same, without the console script
+
+Why: every `ghostface verify / embed / identify` call pays for starting Python, importing TensorFlow and loading
+the model and the detector (8-9 s on 2 cores) before 40-300 ms of real work. `serve` pays that once: it loads the
+model, the detector and the gallery (embedded once), warms them up, then answers requests read from stdin (or
+`--input FILE`, e.g. a named pipe) until end of input, so a shell script, another language or a pipeline can
+talk to it over two pipes. A verify request then takes 60 ms instead of 8.8 s with BlazeFace (147x), 326 ms
+instead of 9.3 s with MTCNN; the protocol itself costs 0.05 ms (benchmarks/results/serve.md).
+
+The protocol is `ghostface_keras.service` (and docs/inference.md).
+
+Example:
+    >>> main(["--model", "no/such/model.keras"])      # one line on stderr, before TensorFlow loads
+    2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from typing import IO, Any, Iterator, Sequence
+
+from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
+                                 run_reporting_errors)
+from ghostface_keras.service import DEFAULT_MAX_LINE_BYTES
+
+logger = logging.getLogger(__name__)
+
+# the detector of photos (the library's default, ghostface_keras.align.DEFAULT_DETECTOR: BlazeFace, 0.007 CPU-s
+# per photo against MTCNN's 0.16); spelled out here so that --help does not import the detectors
+DEFAULT_DETECTOR = "blazeface"
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `ghostface serve`, added to `parser` (the `ghostface` sub-command or this module's own).
+
+    Example:
+        >>> args = add_serve_arguments(argparse.ArgumentParser()).parse_args(["-m", "model.keras"])
+        >>> args.detector, args.gallery, args.input, args.max_line_bytes
+        ('blazeface', None, '-', 1048576)
+    """
+    parser.add_argument("--model", "-m", required=True, help=".keras, .h5 (ours or official), .tflite, .onnx, a "
+                        "SavedModel folder, or a released checkpoint name such as GhostFaceNetV1-0.5-2")
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help=f"'{DEFAULT_DETECTOR}' (default, fast), 'mtcnn' "
+                        "(finds smaller faces, ~20x slower) or 'none' for aligned crops")
+    parser.add_argument("--gallery", help="known people for identify requests, embedded once at start: a folder of "
+                        "name/*.jpg (or flat name.jpg) photos, or a .npz written by `ghostface identify "
+                        "--save-gallery`")
+    parser.add_argument("--threshold", type=cosine_threshold, help="cosine threshold of verify and identify (default: "
+                        "the released checkpoint's, recognized from the weights; else 0.30); a request's own wins")
+    parser.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
+    parser.add_argument("--input", default="-", help="read requests from this file or named pipe instead of stdin")
+    parser.add_argument("--max-line-bytes", type=positive_int, default=DEFAULT_MAX_LINE_BYTES,
+                        help=f"longest request line accepted (default {DEFAULT_MAX_LINE_BYTES}); longer ones are "
+                        "answered with an error and skipped")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log each request's time, and tracebacks, "
+                        "on stderr")
+    return parser
+
+
+def _check_inputs(args: argparse.Namespace) -> Any:
+    """Refuse bad arguments before TensorFlow and the model load (seconds), in one line naming the file; returns
+    the gallery when it is a .npz (read without TensorFlow), else None."""
+    from ghostface_keras.align import DETECTORS
+    from ghostface_keras.errors import DataError
+    from ghostface_keras.files import check_input_paths
+    from ghostface_keras.loading import check_model_source
+
+    if args.detector.lower() not in {*DETECTORS, "none"}:
+        raise DataError(f"{args.detector}: unknown detector; expected one of {', '.join(sorted(DETECTORS))} or none")
+    if args.input != "-":
+        check_input_paths([(args.input, "input file")])
+    loaded = check_gallery_argument(args.gallery) if args.gallery is not None else None
+    check_model_source(args.model)
+    return loaded
+
+
+@contextlib.contextmanager
+def _answers_channel() -> Iterator[IO[str]]:
+    """A text stream on the real stdout for the answers, while file descriptor 1 (and so `print`, and C code
+    writing to stdout) goes to stderr: nothing a library prints can corrupt the protocol."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no usable descriptors (an embedded interpreter): answer on sys.stdout as it is
+        yield sys.stdout
+        return
+    answers = os.fdopen(os.dup(saved), "w", encoding="utf-8", errors="backslashreplace", newline="\n")
+    try:
+        yield answers
+    finally:
+        with contextlib.suppress(OSError):  # BrokenPipeError: the reader has gone; nothing left to flush to
+            answers.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run `ghostface serve` for parsed arguments; returns the exit status (bad input raises `GhostFaceError`)."""
+    from ghostface_keras.cli import _stderr_captured
+
+    gallery = _check_inputs(args)
+    with _answers_channel() as answers:
+        import_backend_quietly()
+        from ghostface_keras.errors import DataError
+        from ghostface_keras.inference import FaceEmbedder
+        from ghostface_keras.service import serve
+
+        started = time.monotonic()
+        # the detector's runtime announces itself on stderr ("Created TensorFlow Lite XNNPACK delegate"):
+        # kept off unless -v or a failure
+        with contextlib.nullcontext() if args.verbose else _stderr_captured():
+            embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
+                                    threshold=args.threshold).warm_up()
+        if gallery is None and args.gallery is not None:
+            gallery = embedder.build_gallery(args.gallery, progress=True)
+        if gallery is not None and embedder.model.embedding_size not in (None, gallery.embeddings.shape[1]):
+            raise DataError(f"{args.gallery}: the gallery holds {gallery.embeddings.shape[1]}-d embeddings but this "
+                            f"model makes {embedder.model.embedding_size}-d ones: build it with the same model")
+        people = (f", gallery {len(gallery.names)} photos of {len(set(gallery.names))} people"
+                  if gallery is not None else "")
+        print(f"ghostface serve: ready in {time.monotonic() - started:.1f} s: {embedder.model.name} "
+              f"({embedder.model.embedding_size}-d, threshold {embedder.threshold:.2f}), detector {args.detector}"
+              f"{people}; reading JSON requests from {'stdin' if args.input == '-' else args.input}",
+              file=sys.stderr, flush=True)
+        with contextlib.ExitStack() as stack:
+            if args.input == "-" and sys.stdin is None:  # started with stdin closed
+                raise DataError("stdin is closed: give the requests with --input FILE")
+            requests = (sys.stdin.buffer if args.input == "-"
+                        else stack.enter_context(open(args.input, "rb")))
+            answered = serve(embedder, gallery, requests, answers, args.max_line_bytes)
+        logger.info("end of input after %d answers", answered)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m ghostface_keras.cli.serve` (and of `ghostface serve`); returns the exit status.
+
+    Example:
+        >>> main(["--model", "model.keras", "--gallery", "no_such_people/"])   # checked before loading
+        2
+    """
+    parser = add_serve_arguments(argparse.ArgumentParser(
+        prog="ghostface serve", description="Load a face model once and answer verify / embed / identify / ping "
+        "requests, one JSON object per line on stdin, one JSON answer per line on stdout (see "
+        "ghostface_keras/cli/serve.py or docs/inference.md for the protocol)."))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    return run_reporting_errors("ghostface", lambda: run_serve(args), verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
