@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = add_serve_arguments(argparse.ArgumentParser(
         prog="ghostface serve", description="Load a face model once and answer verify / embed / identify / ping "
         "requests, one JSON object per line on stdin, one JSON answer per line on stdout (see "
-        "ghostface_keras/cli/serve.py or docs/inference.md for the protocol)."))
+        "ghostface_keras/service.py or docs/inference.md for the protocol)."))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     return run_reporting_errors("ghostface", lambda: run_serve(args), verbose=args.verbose)
