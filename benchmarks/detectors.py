@@ -40,9 +40,10 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghostface_keras.align import MTCNNDetector, align_face, load_rgb_image  # noqa: E402
-from ghostface_keras.blazeface import BlazeFaceDetector  # noqa: E402
-from ghostface_keras.tables import markdown_table  # noqa: E402
+from ghostface_keras.faces.mtcnn import MTCNNDetector
+from ghostface_keras.faces.alignment import align_face, load_rgb_image  # noqa: E402
+from ghostface_keras.faces.blazeface import BlazeFaceDetector  # noqa: E402
+from ghostface_keras.core.tables import markdown_table  # noqa: E402
 
 logger = logging.getLogger("detectors")
 SHARED = Path(os.environ.get("GHOSTFACE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -163,9 +164,9 @@ def whole_path(embedder, detectors: dict, paths: list[Path], rounds: int) -> dic
 
 def litert_child(tflite: str, rounds: int, output: str) -> None:
     """In a fresh process (no TensorFlow): time `embed_photo_litert` per photo and its stages; save embeddings."""
-    from ghostface_keras.export.runtime import TFLiteEmbedder
-    from ghostface_keras.litert_pipeline import embed_photo_litert
-    from ghostface_keras.preprocessing import normalize_images
+    from ghostface_keras.runtime.litert import TFLiteEmbedder
+    from ghostface_keras.faces.litert_pipeline import embed_photo_litert
+    from ghostface_keras.core.preprocessing import normalize_images
 
     embedder, detector = TFLiteEmbedder(tflite, num_threads=1), BlazeFaceDetector()
     paths = sorted(PHOTOS.glob("img*.jpg"))
@@ -201,8 +202,8 @@ def litert_child(tflite: str, rounds: int, output: str) -> None:
 
 def batching(count: int = 25, repeats: int = 5) -> list[dict]:
     """Microseconds per image: `count` single-image invokes vs one invoke of a batch of `count` (resized input)."""
-    from ghostface_keras.blazeface import DETECTOR_MODELS, FACE_MESH_FILE, model_folder
-    from ghostface_keras.export.runtime import make_interpreter
+    from ghostface_keras.faces.blazeface import DETECTOR_MODELS, FACE_MESH_FILE, model_folder
+    from ghostface_keras.runtime.litert import make_interpreter
 
     rows = []
     for label, file in (("BlazeFace full", DETECTOR_MODELS["full"].file), ("face mesh", FACE_MESH_FILE)):
@@ -250,7 +251,7 @@ def accuracy_section(embedder, images: dict, reference: dict, pairs: list, detec
     """Verification rows (recorded MTCNN landmarks first, then each detector's largest faces), how closely
     `FaceEmbedder.embed_batch` with the default BlazeFace reproduces the cached-detection path, and the
     embeddings from the recorded landmarks."""
-    from ghostface_keras.inference import FaceEmbedder
+    from ghostface_keras.faces.embedder import FaceEmbedder
 
     names, threshold = sorted(reference), embedder.threshold
 
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                             **{label: len(detector.detect(sheet)) for label, detector in detectors.items()
                                if "2 threads" not in label}})
 
-    from ghostface_keras.inference import FaceEmbedder
+    from ghostface_keras.faces.embedder import FaceEmbedder
 
     logger.info("verification and the whole photo -> embedding path")
     embedder = FaceEmbedder(str(WEIGHTS), detector=None)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from ghostface_keras.tables import markdown_table  # noqa: E402
+from ghostface_keras.core.tables import markdown_table  # noqa: E402
 
 SHARED = Path(os.environ.get("GHOSTFACE_SHARED", ROOT.parent / "shared"))
 PAIRS = SHARED / "data" / "celeba_aligned112" / "val_pairs.bin"
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     import_backend_quietly()
     from ghostface_keras.data import load_bin
     from ghostface_keras.evaluation import k_fold_accuracy, pair_scores
-    from ghostface_keras.inference import FaceEmbedder
+    from ghostface_keras.faces.embedder import FaceEmbedder
 
     images, issame = load_bin(PAIRS)
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ghostface_keras.tables import markdown_table  # noqa: E402
+from ghostface_keras.core.tables import markdown_table  # noqa: E402
 
 SHARED = Path(os.environ.get("GHOSTFACE_SHARED", ROOT.parent / "shared"))
 PHOTOS = SHARED / "data" / "deepface_verification_pairs"

@@ -54,8 +54,8 @@ def main() -> None:
     from ghostface_keras import create_model
     from ghostface_keras.data import load_bin, save_bin
     from ghostface_keras.evaluation import extract_embeddings, pair_scores, verification_metrics
-    from ghostface_keras.embedding import EmbeddingFunction
-    from ghostface_keras.preprocessing import normalize_images
+    from ghostface_keras.runtime.embedding import EmbeddingFunction
+    from ghostface_keras.core.preprocessing import normalize_images
 
     keras.utils.set_random_seed(0)
     model = create_model(args.model)

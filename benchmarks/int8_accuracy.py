@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ghostface_keras import convert
+from ghostface_keras.models import official as convert
 from ghostface_keras.export import (
     export_tflite,
     fine_tune_quantization_aware,

@@ -14,9 +14,9 @@ import time
 import keras
 import numpy as np
 
-from ghostface_keras.heads import NormDense
-from ghostface_keras.losses import ArcFace
-from ghostface_keras.partial_fc import PartialFCModel
+from ghostface_keras.train.heads import NormDense
+from ghostface_keras.train.losses import ArcFace
+from ghostface_keras.train.partial_fc import PartialFCModel
 
 
 def build(rate: float, classes: int, dim: int) -> keras.Model:

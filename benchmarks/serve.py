@@ -40,8 +40,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghostface_keras.files import write_atomically  # noqa: E402
-from ghostface_keras.tables import markdown_table  # noqa: E402
+from ghostface_keras.core.files import write_atomically  # noqa: E402
+from ghostface_keras.core.tables import markdown_table  # noqa: E402
 
 logger = logging.getLogger("serve")
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +116,8 @@ def one_shot_verify(a: Path, b: Path, detector: str) -> tuple[float, float, floa
 
 def measure(detector: str, pairs: Sequence[tuple[str, str, bool]], repeats: int) -> dict[str, Any]:
     """Every path for one detector, interleaved pair by pair."""
-    from ghostface_keras.align import load_rgb_image
-    from ghostface_keras.inference import FaceEmbedder
+    from ghostface_keras.faces.alignment import load_rgb_image
+    from ghostface_keras.faces.embedder import FaceEmbedder
 
     server = ServeClient(detector)
     logger.info("%s: server ready in %.1f s", detector, server.startup_wall)

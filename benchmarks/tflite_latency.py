@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ghostface_keras import export  # noqa: E402
 from ghostface_keras.export.parity import _cosines  # noqa: E402
-from ghostface_keras.preprocessing import normalize_images  # noqa: E402
+from ghostface_keras.core.preprocessing import normalize_images  # noqa: E402
 
 logger = logging.getLogger("tflite_latency")
 SHARED = Path(os.environ.get("GHOSTFACE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -46,7 +46,7 @@ PEAK_SHAPE = (56, 56, 128)
 
 
 def face_model_names() -> list[str]:
-    from ghostface_keras.registry import list_models
+    from ghostface_keras.models.registry import list_models
 
     return [name for name in list_models() if "FaceNet" in name]
 
@@ -103,8 +103,8 @@ def export_variant(name: str, folder: Path, calibration: np.ndarray, parity: np.
                    activation_percentile="auto") -> list[dict]:
     import keras
 
-    from ghostface_keras.flops import count_flops
-    from ghostface_keras.registry import create_model
+    from ghostface_keras.models.flops import count_flops
+    from ghostface_keras.models.registry import create_model
 
     keras.utils.set_random_seed(0)
     model = create_model(name)

@@ -53,8 +53,8 @@ def make_bare_step(model_name: str, batch_size: int, num_classes: int, jit_compi
     import tensorflow as tf
 
     from ghostface_keras import create_model
-    from ghostface_keras.heads import NormDense
-    from ghostface_keras.losses import ArcFace
+    from ghostface_keras.train.heads import NormDense
+    from ghostface_keras.train.losses import ArcFace
 
     keras.utils.set_random_seed(0)
     model = create_model(model_name, weight_decay=0.0)
@@ -159,8 +159,8 @@ def memory_worker(num_classes: int, model_name: str, batch_size: int) -> None:
     import tensorflow as tf
 
     from ghostface_keras import create_model
-    from ghostface_keras.losses import ArcFace
-    from ghostface_keras.training import Trainer
+    from ghostface_keras.train.losses import ArcFace
+    from ghostface_keras.train.trainer import Trainer
 
     images = tf.random.uniform([batch_size, 112, 112, 3], -1, 1)
     labels = tf.random.uniform([batch_size], 0, num_classes, dtype=tf.int32)

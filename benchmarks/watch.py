@@ -8,7 +8,7 @@ photos of the same three people plus three other people. Model: the released GN_
 
 Measured in ONE process, the paths alternating round by round (a busy neighbour slows all of them alike), on
 wall-clock and process CPU time (all threads):
-- watch + outputs: `ghostface_keras.video.watch` with the default re-embedding rules, writing the annotated
+- watch + outputs: `ghostface_keras.faces.video.watch` with the default re-embedding rules, writing the annotated
   video and the JSON lines (what `ghostface watch` does per frame);
 - watch, every face embedded on every frame (`reembed_every=1`): what tracking saves;
 - detection only: decode + `embedder.detect` per frame;
@@ -41,10 +41,10 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghostface_keras.align import load_rgb_image  # noqa: E402
-from ghostface_keras.files import atomic_output, write_atomically  # noqa: E402
-from ghostface_keras.tables import markdown_table  # noqa: E402
-from ghostface_keras.video import VIDEO_CODECS  # noqa: E402
+from ghostface_keras.faces.alignment import load_rgb_image  # noqa: E402
+from ghostface_keras.core.files import atomic_output, write_atomically  # noqa: E402
+from ghostface_keras.core.tables import markdown_table  # noqa: E402
+from ghostface_keras.faces.video import VIDEO_CODECS  # noqa: E402
 
 logger = logging.getLogger("watch")
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_detector(name: str) -> Any:
-    """A registered detector name as is; "blazeface" from ghostface_keras.blazeface while it is not registered."""
-    from ghostface_keras.align import DETECTORS
+    """A registered detector name as is; "blazeface" from ghostface_keras.faces.blazeface while it is not registered."""
+    from ghostface_keras.faces.detectors import DETECTORS
 
     if name.lower() not in DETECTORS and name.lower() == "blazeface":
-        from ghostface_keras.blazeface import BlazeFaceDetector
+        from ghostface_keras.faces.blazeface import BlazeFaceDetector
 
         return BlazeFaceDetector()
     return name
@@ -207,8 +207,8 @@ def make_detector(name: str) -> Any:
 def measure(detector: str, video: Path, expected: list[str | None], scenario: Scenario, folder: Path,
             args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """Every path for one detector, rounds interleaved: its row of the summary and its section of the results."""
-    from ghostface_keras.inference import FaceEmbedder
-    from ghostface_keras.video import AnnotatedVideoWriter, FrameSource, JsonLinesWriter, watch
+    from ghostface_keras.faces.embedder import FaceEmbedder
+    from ghostface_keras.faces.video import AnnotatedVideoWriter, FrameSource, JsonLinesWriter, watch
 
     resolved = make_detector(detector)
     embedder = FaceEmbedder(MODEL, detector=resolved, batch_size=args.batch_size)

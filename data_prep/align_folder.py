@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads (M
 if __package__ in (None, ""):  # run as `python data_prep/align_folder.py` from a source checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ghostface_keras.align import align_folder  # noqa: E402
+from ghostface_keras.faces.align_folder import align_folder  # noqa: E402
 from ghostface_keras.cli import run_reporting_errors  # noqa: E402
 
 

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ghostface_keras.cli import run_reporting_errors  # noqa: E402
-from ghostface_keras.errors import DataError  # noqa: E402
+from ghostface_keras.core.errors import DataError  # noqa: E402
 
 SKIPS_NAMED = 5
 

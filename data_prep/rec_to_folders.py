@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ghostface_keras.cli import run_reporting_errors  # noqa: E402
-from ghostface_keras.errors import DataError  # noqa: E402
-from ghostface_keras.files import write_atomically  # noqa: E402
-from ghostface_keras.progress import ProgressBar  # noqa: E402
+from ghostface_keras.core.errors import DataError  # noqa: E402
+from ghostface_keras.core.files import write_atomically  # noqa: E402
+from ghostface_keras.core.progress import ProgressBar  # noqa: E402
 
 
 def convert(rec_dir: str, out_dir: str, quiet: bool = False) -> tuple[int, int, int, list[str]]:

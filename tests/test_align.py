@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghostface_keras.align import (
-    ARCFACE_TEMPLATE_112,
-    align_face,
-    arcface_template,
-    estimate_similarity_transform,
-    landmarks_from_sequence,
-    load_rgb_image,
-    warp_affine,
-)
-from ghostface_keras.errors import DataError
+from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, align_face, arcface_template, estimate_similarity_transform, landmarks_from_sequence, load_rgb_image, warp_affine
+from ghostface_keras.core.errors import DataError
 
 skimage_transform = pytest.importorskip("skimage.transform")
 

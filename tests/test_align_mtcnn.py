@@ -13,7 +13,9 @@ from PIL import Image
 pytest.importorskip("mtcnn")
 skimage_transform = pytest.importorskip("skimage.transform")
 
-from ghostface_keras.align import ARCFACE_TEMPLATE_112, MTCNNDetector, align_folder, load_rgb_image  # noqa: E402
+from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, load_rgb_image
+from ghostface_keras.faces.mtcnn import MTCNNDetector
+from ghostface_keras.faces.align_folder import align_folder  # noqa: E402
 
 # small, native-resolution photos (no downscaling inside the detector) of two people
 SMALL_PHOTOS = {"person_a": ["img10.jpg", "img5.jpg"], "person_b": ["img25.jpg"]}

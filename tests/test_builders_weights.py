@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import ghostface_keras as g
-from ghostface_keras.blocks import LayerSettings, gdc_head
-from ghostface_keras.convert import inspect_official, load_official
-from ghostface_keras.errors import GhostFaceError, ModelLoadError, ModelNameError
+from ghostface_keras.models.blocks import LayerSettings, gdc_head
+from ghostface_keras.models.official import inspect_official, load_official
+from ghostface_keras.core.errors import GhostFaceError, ModelLoadError, ModelNameError
 from ghostface_keras.models import ghostnet_features
 
 SMALL = {"width": 0.25, "input_shape": (64, 64, 3)}

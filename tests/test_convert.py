@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ghostface_keras import ConversionError
-from ghostface_keras.convert import convert_file, inspect_official, load_official
+from ghostface_keras.models.official import convert_file, inspect_official, load_official
 
 FIXTURES_WITH_WEIGHTS = ["ghostfacenetv1-w1.3-s2", "ghostfacenetv2-w1.3-s1",
                          pytest.param("ghostfacenetv1-w1.3-s1", marks=pytest.mark.slow)]
@@ -142,7 +142,7 @@ def test_other_keras_model_is_rejected(tmp_path: Path):
 
 def test_cli_round_trip_reproduces_embeddings(released: Path, reference_dir: Path, tmp_path: Path):
     destination = tmp_path / "gn_w05.keras"
-    result = subprocess.run([sys.executable, "-m", "ghostface_keras.convert", str(released), str(destination)],
+    result = subprocess.run([sys.executable, "-m", "ghostface_keras.cli.convert", str(released), str(destination)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "GhostFaceNetV1-0.5-2" in result.stdout and "max abs difference" in result.stdout
@@ -155,7 +155,7 @@ def test_cli_round_trip_reproduces_embeddings(released: Path, reference_dir: Pat
 def test_cli_reports_bad_input_in_one_line(tmp_path: Path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"\x00" * 10)
-    result = subprocess.run([sys.executable, "-m", "ghostface_keras.convert", str(bad), str(tmp_path / "o.keras")],
+    result = subprocess.run([sys.executable, "-m", "ghostface_keras.cli.convert", str(bad), str(tmp_path / "o.keras")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "bad.h5" in result.stderr and "Traceback" not in result.stderr

@@ -25,7 +25,7 @@ from ghostface_keras.data.augment import (
     _smooth,
     resolve_augmentation,
 )
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 
 def _random_batch(count=8, seed=0, low=0, high=256):

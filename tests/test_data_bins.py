@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ghostface_keras.data import load_bin, save_bin
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ghostface_keras.data import image_folder_dataset, scan_image_folder
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 
 def _write(path, pixels, fmt=None):

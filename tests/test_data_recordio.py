@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ghostface_keras.data import RecordIOReader, recordio_dataset
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 PROJECT = Path(__file__).resolve().parents[1]
 MAGIC = struct.pack("<I", 0xCED7230A)

@@ -28,7 +28,7 @@ from ghostface_keras.data import (
     partial_class_dataset,
 )
 from ghostface_keras.data.pipeline import shuffled_order
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 PROJECT = Path(__file__).resolve().parents[1]
 RANDAUGMENT = AugmentConfig("randaugment", magnitude=9, erase_probability=0.5, mask_probability=0.5)

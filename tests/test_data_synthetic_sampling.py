@@ -89,7 +89,7 @@ def test_partial_class_batches_come_from_one_range_in_turn(tmp_path):
     splits = [set((labels // 2).tolist()) for _, labels in batches]
     assert all(len(split) == 1 for split in splits)
     assert [split.pop() for split in splits] == [0, 1, 2, 0, 1, 2]
-    assert sorted(np.concatenate([pixels for pixels, _ in batches]).tolist()) == sorted(l * 10 + s for l in range(6) for s in range(4))
+    assert sorted(np.concatenate([pixels for pixels, _ in batches]).tolist()) == sorted(label * 10 + s for label in range(6) for s in range(4))
 
 
 def test_class_balanced_epochs_all_have_the_most_batches_possible(tmp_path):

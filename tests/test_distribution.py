@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghostface_keras.distribution import (
+from ghostface_keras.core.distribution import (
     DistributionError,
     agree_on_writer_check,
     broadcast_arrays_from_writer,
@@ -25,7 +25,7 @@ from ghostface_keras.distribution import (
     setup_cluster,
     weights_fingerprint,
 )
-from ghostface_keras.errors import GhostFaceError
+from ghostface_keras.core.errors import GhostFaceError
 
 ROOT = Path(__file__).resolve().parents[1]
 jax = pytest.importorskip("jax")
@@ -145,10 +145,10 @@ def test_a_coordinator_that_never_answers_times_out_with_one_line(tmp_path):
 _JAX_STEPS = r"""
 import json, sys
 import numpy as np, keras
-from ghostface_keras.heads import NormDense
-from ghostface_keras.losses import ArcFace
-from ghostface_keras.optimizers import SAMModel
-from ghostface_keras.partial_fc import PartialFCModel
+from ghostface_keras.train.heads import NormDense
+from ghostface_keras.train.losses import ArcFace
+from ghostface_keras.train.optimizers import SAMModel
+from ghostface_keras.train.partial_fc import PartialFCModel
 
 rng = np.random.default_rng(1)
 x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")

@@ -7,10 +7,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from ghostface_keras.errors import DataError, ModelLoadError  # noqa: E402
-from ghostface_keras import embedding as e  # noqa: E402
-from ghostface_keras.loading import load_model  # noqa: E402
-from ghostface_keras.preprocessing import normalize_images  # noqa: E402
+from ghostface_keras.core.errors import DataError, ModelLoadError  # noqa: E402
+from ghostface_keras.runtime import embedding as e  # noqa: E402
+from ghostface_keras.runtime.loading import load_model  # noqa: E402
+from ghostface_keras.core.preprocessing import normalize_images  # noqa: E402
 
 SIZE = 32
 

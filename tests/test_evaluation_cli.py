@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 from ghostface_keras.cli import evaluate as eval_cli  # noqa: E402
 from ghostface_keras.evaluation import evaluate_verification  # noqa: E402
-from ghostface_keras.preprocessing import normalize_images  # noqa: E402
+from ghostface_keras.core.preprocessing import normalize_images  # noqa: E402
 
 RECORD_FIELDS = ["name", "pairs", "accuracy", "accuracy_std", "best_threshold_accuracy", "threshold", "auc", "eer",
                  "tar_at_far"]
@@ -157,9 +157,9 @@ def _independent_ten_fold(scores, issame):
 
 
 def _official_model(data_dir):
-    convert = pytest.importorskip("ghostface_keras.convert")
+    convert = pytest.importorskip("ghostface_keras.models.official")
     if not hasattr(convert, "load_official"):
-        pytest.skip("ghostface_keras.convert.load_official has not landed")
+        pytest.skip("ghostface_keras.models.official.load_official has not landed")
     return convert.load_official(str(data_dir / "ghostfacenets_pretrained" / "GN_W0.5_S2_ArcFace_epoch16.h5"))
 
 

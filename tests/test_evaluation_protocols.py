@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 from ghostface_keras.evaluation import bias, identification, ijb
 
 TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
@@ -95,7 +95,7 @@ def test_ijb_without_score_weighting_changes_template_one(tmp_path):
 
 
 def test_ijb_default_aligner_warps_loose_crops(tmp_path):
-    pytest.importorskip("ghostface_keras.align")
+    pytest.importorskip("ghostface_keras.faces")
     write_ijb_tree(tmp_path, landmark_offset=(10.0, 20.0), crop=150)
     meta = ijb.read_ijb_meta(tmp_path, "IJBC")
     batch = next(ijb.aligned_batches(meta, batch_size=6))

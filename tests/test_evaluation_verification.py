@@ -8,7 +8,7 @@ import pytest
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 from sklearn.model_selection import KFold  # noqa: E402
 
-from ghostface_keras.errors import DataError  # noqa: E402
+from ghostface_keras.core.errors import DataError  # noqa: E402
 from ghostface_keras.evaluation import verification as v  # noqa: E402
 
 RECORD_FIELDS = {"name", "pairs", "accuracy", "accuracy_std", "best_threshold_accuracy", "threshold", "auc", "eer",

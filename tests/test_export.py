@@ -16,12 +16,12 @@ pytest.importorskip("tensorflow")
 
 from ghostface_keras import export  # noqa: E402
 from ghostface_keras.cli import export as export_cli  # noqa: E402
-from ghostface_keras.errors import ExportError  # noqa: E402
+from ghostface_keras.core.errors import ExportError  # noqa: E402
 from ghostface_keras.export.int8_rewrite import _decomposed_prelu_layer  # noqa: E402
-from ghostface_keras.preprocessing import denormalize_images, normalize_images  # noqa: E402
+from ghostface_keras.core.preprocessing import denormalize_images, normalize_images  # noqa: E402
 
 try:
-    from ghostface_keras.blocks import hard_sigmoid_keras2
+    from ghostface_keras.models.blocks import hard_sigmoid_keras2
 except ImportError:  # models not landed: same name, same function
 
     def hard_sigmoid_keras2(x):
@@ -195,7 +195,7 @@ def test_int8_with_integer_io(models, images, tmp_path):
 
 
 def test_an_unloadable_tflite_file_is_a_one_line_load_error(tmp_path):
-    from ghostface_keras.errors import ModelLoadError
+    from ghostface_keras.core.errors import ModelLoadError
 
     path = tmp_path / "truncated.tflite"
     path.write_bytes(b"TFL3" + bytes(60))

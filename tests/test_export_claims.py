@@ -26,7 +26,7 @@ tf = pytest.importorskip("tensorflow")
 
 from ghostface_keras import export  # noqa: E402
 from ghostface_keras.export.equalize import equalize_channel_ranges  # noqa: E402
-from ghostface_keras.preprocessing import normalize_images  # noqa: E402
+from ghostface_keras.core.preprocessing import normalize_images  # noqa: E402
 
 RELATIVE = 1e-5  # the docs' "float32-level" bound: max |a - b| / max |b|
 FIXTURES = {"V1-1.3-2": "ghostfacenetv1-w1.3-s2", "V2-1.3-1": "ghostfacenetv2-w1.3-s1", "V1-1.3-1": "ghostfacenetv1-w1.3-s1"}
@@ -81,7 +81,7 @@ def real_faces(data_dir: Path) -> dict[str, np.ndarray]:
 
 
 def _fixture_model(reference_dir: Path, short_name: str):
-    from ghostface_keras.convert import load_official
+    from ghostface_keras.models.official import load_official
 
     path = reference_dir / FIXTURES[short_name] / "model.h5"
     if not path.exists():
@@ -103,7 +103,7 @@ def test_official_fixtures_reproduce_the_official_embeddings_to_1e_5(short_name,
 
 def test_released_checkpoint_reproduces_the_official_output_to_1e_5(released: Path, reference_dir: Path):
     """README: the released GN_W0.5 checkpoint, relative < 1e-5 (measured 1.7e-6)."""
-    from ghostface_keras.convert import load_official
+    from ghostface_keras.models.official import load_official
 
     inputs = np.load(reference_dir / "ghostfacenetv1-w1.3-s2" / "input.npy")
     want = np.load(released.parent / "reference_output_fp32.npy")
@@ -188,7 +188,7 @@ def test_int8_exports_of_trained_weights_are_one_xnnpack_partition(short_name, r
     official fixtures and the released checkpoint runs as one XNNPACK partition. (With random weights it
     need not: see the doc.)"""
     if short_name.startswith("released"):
-        from ghostface_keras.convert import load_official
+        from ghostface_keras.models.official import load_official
 
         path = data_dir / "ghostfacenets_pretrained" / "GN_W0.5_S2_ArcFace_epoch16.h5"
         if not path.exists():
@@ -220,7 +220,7 @@ def test_fixture_int8_without_the_xnnpack_rewrite_splits_into_49_partitions(refe
 def test_released_checkpoint_prelu_slopes_take_the_four_op_int8_form(released, reference_dir):
     """docs/export.md / README: the released GN_W0.5's trained PReLU slopes reach +-16 and 35 of its 41 PReLUs
     have a slope <= -0.5 (the four-op int8 form); the official V1-1.3-2 fixture's all take the three-op form."""
-    from ghostface_keras.convert import load_official
+    from ghostface_keras.models.official import load_official
     from ghostface_keras.export.int8_rewrite import folds_into_producer
 
     def prelu_slopes(model):

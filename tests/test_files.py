@@ -1,4 +1,4 @@
-"""The one atomic writer and the one image list (ghostface_keras.files)."""
+"""The one atomic writer and the one image list (ghostface_keras.core.files)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ghostface_keras.errors import DataError
-from ghostface_keras.files import IMAGE_EXTENSIONS, atomic_output, list_images, temporary_path, write_atomically
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.files import IMAGE_EXTENSIONS, atomic_output, list_images, temporary_path, write_atomically
 
 
 def test_temporary_names_are_unique_hidden_siblings_keeping_the_suffix(tmp_path):
@@ -93,7 +93,7 @@ def test_every_reader_of_image_folders_sees_the_same_files(tmp_path):
     """Alignment, int8 calibration, evaluation folders and the training index list the same images."""
     from PIL import Image
 
-    from ghostface_keras.align import list_images as align_list
+    from ghostface_keras.faces.align_folder import list_images as align_list
     from ghostface_keras.data import scan_image_folder
     from ghostface_keras.evaluation import list_identity_folder
     from ghostface_keras.export.images import list_images as export_list

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from ghostface_keras.heads import NormDense
-from ghostface_keras.losses import AdaFace, ArcFace, CosFace, MagFace, get_margin_loss
+from ghostface_keras.train.heads import NormDense
+from ghostface_keras.train.losses import AdaFace, ArcFace, CosFace, MagFace, get_margin_loss
 
 RNG = np.random.default_rng(7)
 

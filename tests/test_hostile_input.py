@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ghostface_keras.cli.face import main as face_main
-from ghostface_keras.files import remove_stale_partials, write_atomically
+from ghostface_keras.core.files import remove_stale_partials, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,8 +126,8 @@ def test_piped_commands_print_no_progress_bars_or_escape_codes(model_file, photo
 
 
 def test_a_random_bytes_keras_file_is_named_as_not_a_keras_file(tmp_path):
-    from ghostface_keras.errors import ModelLoadError
-    from ghostface_keras.loading import load_model
+    from ghostface_keras.core.errors import ModelLoadError
+    from ghostface_keras.runtime.loading import load_model
 
     path = tmp_path / "random.keras"
     path.write_bytes(np.random.default_rng(0).bytes(300))
@@ -152,7 +152,7 @@ def test_inconsistent_gallery_files_are_one_line(model_file, photos, tmp_path, c
 
 
 def test_a_gallery_of_another_embedding_size_is_one_line(model_file, photos, tmp_path, capsys):
-    from ghostface_keras.inference import Gallery
+    from ghostface_keras.faces.embedder import Gallery
 
     gallery = tmp_path / "g128.npz"
     Gallery(["a", "b"], np.eye(2, 128, dtype=np.float32), ["a.jpg", "b.jpg"]).save(gallery)
@@ -190,7 +190,7 @@ def test_a_bin_that_declares_more_bytes_than_it_holds_is_refused_without_allocat
     import pickle
 
     from ghostface_keras.data import load_bin
-    from ghostface_keras.errors import DataError
+    from ghostface_keras.core.errors import DataError
 
     _, baseline = _child_max_rss_kib("from ghostface_keras.data import load_bin")
     for size in (2**70, 2_000_000_000):
@@ -210,7 +210,7 @@ def test_a_bin_that_declares_more_bytes_than_it_holds_is_refused_without_allocat
 
 def test_a_truncated_bin_is_called_truncated_not_unsafe(tmp_path):
     from ghostface_keras.data import load_bin, save_bin
-    from ghostface_keras.errors import DataError
+    from ghostface_keras.core.errors import DataError
 
     path = save_bin(tmp_path / "pairs.bin", np.zeros((4, 112, 112, 3), np.uint8), [True, False])
     cut = _pickle_file(tmp_path / "cut.bin", path.read_bytes()[:-40])
@@ -224,7 +224,7 @@ def test_a_huge_canvas_is_refused_from_its_header(tmp_path, model_file, capsys):
     import struct
     import zlib
 
-    from ghostface_keras.images import MAX_PIXELS
+    from ghostface_keras.core.images import MAX_PIXELS
 
     width = height = 10_000
     assert width * height > MAX_PIXELS
@@ -241,7 +241,7 @@ def test_a_huge_canvas_is_refused_from_its_header(tmp_path, model_file, capsys):
     line = _one_line(capsys, face_main(["verify", str(photo), str(photo), "--model", str(model_file),
                                         "--detector", "none"]))
     assert line == (f"ghostface: error: {photo}: 10000x10000 pixels is more than the 50 megapixels an image of this "
-                    "format may have here (ghostface_keras.images.MAX_PIXELS)")
+                    "format may have here (ghostface_keras.core.images.MAX_PIXELS)")
 
 
 def _solid_png(path: Path, width: int, height: int, mode: str = "RGBA") -> Path:
@@ -252,15 +252,15 @@ def _solid_png(path: Path, width: int, height: int, mode: str = "RGBA") -> Path:
 def test_large_photos_are_read_in_bounded_memory(tmp_path):
     """A 200 KB RGBA PNG of 49 megapixels (just under the limit) and a 1 MB JPEG of 100 megapixels are read at
     reduced size: peak memory within 600 MB of a child that only imports the reader (it was 1.3 GB)."""
-    from ghostface_keras.images import WORKING_PIXELS
+    from ghostface_keras.core.images import WORKING_PIXELS
 
     png = _solid_png(tmp_path / "poster.png", 7000, 7000)
     jpeg = tmp_path / "phone.jpg"
     Image.new("RGB", (11500, 8700), (30, 160, 60)).save(jpeg, quality=30)
     assert png.stat().st_size < 400_000 and jpeg.stat().st_size < 2_000_000
-    _, baseline = _child_max_rss_kib("from ghostface_keras.images import load_rgb_image")
+    _, baseline = _child_max_rss_kib("from ghostface_keras.core.images import load_rgb_image")
     for photo, colour in ((png, (125, 149, 173)), (jpeg, (30, 160, 60))):
-        lines, peak = _child_max_rss_kib("import sys\nfrom ghostface_keras.images import load_rgb_image\n"
+        lines, peak = _child_max_rss_kib("import sys\nfrom ghostface_keras.core.images import load_rgb_image\n"
                                          "a = load_rgb_image(sys.argv[1])\nprint(a.shape[0] * a.shape[1], *a[9, 9])",
                                          str(photo))
         pixels, *rgb = (int(value) for value in lines[0].split())
@@ -454,7 +454,7 @@ def test_a_property_declaring_a_hundred_million_classes_is_refused_in_bounded_me
     folder = _recordio(tmp_path / "rec")
     (folder / "property").write_text("100000000,112,112")
     lines, peak = _child_max_rss_kib(
-        "import sys\nfrom ghostface_keras.data.recordio import recordio_source\nfrom ghostface_keras.errors import "
+        "import sys\nfrom ghostface_keras.data.recordio import recordio_source\nfrom ghostface_keras.core.errors import "
         "DataError\ntry:\n    recordio_source(sys.argv[1])\nexcept DataError as error:\n    print(error)", str(folder))
     _, baseline = _child_max_rss_kib("from ghostface_keras.data.recordio import recordio_source")
     assert lines == [f"{folder / 'property'}: declares 100000000 classes but the index holds only 9 images (every "
@@ -465,7 +465,7 @@ def test_a_property_declaring_a_hundred_million_classes_is_refused_in_bounded_me
 @pytest.mark.parametrize("text", ["1,112", "0,112,112", "5,100000,112", "a,b,c", "9" * 5000])
 def test_malformed_property_files_are_one_line(tmp_path, text):
     from ghostface_keras.data.recordio import read_property
-    from ghostface_keras.errors import DataError
+    from ghostface_keras.core.errors import DataError
 
     folder = _recordio(tmp_path / "rec")
     (folder / "property").write_text(text)
@@ -478,7 +478,7 @@ def test_an_identity_record_announcing_a_billion_keys_is_refused_before_listing_
     import struct
 
     from ghostface_keras.data import RecordIOReader
-    from ghostface_keras.errors import DataError
+    from ghostface_keras.core.errors import DataError
     from test_data_recordio import _encode_record, _header
 
     folder = _recordio(tmp_path / "rec")
@@ -500,7 +500,7 @@ def test_corrupt_records_while_streaming_are_counted_skips_and_a_corrupt_file_is
     counted; a file whose every record is bad stops with the reader's line, not tf.data's InvalidArgumentError."""
     from ghostface_keras.data import recordio_dataset
     from ghostface_keras.data.pipeline import pipeline_errors_in_one_line
-    from ghostface_keras.errors import DataError
+    from ghostface_keras.core.errors import DataError
 
     folder = _recordio(tmp_path / "rec")
     rec = folder / "train.rec"
@@ -568,7 +568,7 @@ def test_a_checkpoint_without_a_published_hash_is_recorded_on_first_download_and
     import dataclasses
     import hashlib
 
-    import ghostface_keras.pretrained as pretrained
+    import ghostface_keras.models.pretrained as pretrained
 
     unpublished = dataclasses.replace(pretrained.get_checkpoint("GhostFaceNetV1-0.5-2"), sha256=None)
     monkeypatch.setattr(pretrained, "get_checkpoint", lambda name: unpublished)
@@ -621,10 +621,10 @@ def test_a_gallery_npz_declaring_more_than_it_holds_is_refused_before_allocating
             archive.writestr("embeddings.npy", _npy_member((100_000_000, 512), "<f4", b"\0" * 64))
         archive.writestr("paths.npy", _npy_member((0,), "<U1"))
     assert path.stat().st_size < 200_000
-    lines, peak = _child_max_rss_kib("import sys\nfrom ghostface_keras.inference import Gallery\nfrom ghostface_keras."
+    lines, peak = _child_max_rss_kib("import sys\nfrom ghostface_keras.faces.embedder import Gallery\nfrom ghostface_keras."
                                      "errors import DataError\ntry:\n    Gallery.load(sys.argv[1])\nexcept DataError as "
                                      "error:\n    print(error)", str(path))
-    _, baseline = _child_max_rss_kib("from ghostface_keras.inference import Gallery")
+    _, baseline = _child_max_rss_kib("from ghostface_keras.faces.embedder import Gallery")
     assert lines and lines[0].startswith(f"{path}: not a gallery .npz file ({path}: array 'embeddings' declares") \
         or lines[0].startswith(f"{path}: not a gallery .npz file (array 'embeddings' declares"), lines
     assert "truncated, corrupt or a decompression bomb" in lines[0]

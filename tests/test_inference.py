@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghostface_keras.align import ARCFACE_TEMPLATE_112, CallableDetector
-from ghostface_keras.checkpoints import FALLBACK_THRESHOLD
+from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, CallableDetector
+from ghostface_keras.weights.checkpoints import FALLBACK_THRESHOLD
 from ghostface_keras.cli.face import main
-from ghostface_keras.errors import DataError, ModelLoadError, NoFaceError
-from ghostface_keras.export.runtime import TFLiteEmbedder
-from ghostface_keras.inference import FaceEmbedder, Gallery
+from ghostface_keras.core.errors import DataError, ModelLoadError, NoFaceError
+from ghostface_keras.runtime.litert import TFLiteEmbedder
+from ghostface_keras.faces.embedder import FaceEmbedder, Gallery
 
 
 @pytest.fixture(scope="module")

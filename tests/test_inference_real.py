@@ -12,9 +12,9 @@ from PIL import Image
 
 pytest.importorskip("mtcnn")
 
-from ghostface_keras.errors import NoFaceError  # noqa: E402
+from ghostface_keras.core.errors import NoFaceError  # noqa: E402
 from ghostface_keras.cli.face import main  # noqa: E402
-from ghostface_keras.inference import FaceEmbedder  # noqa: E402
+from ghostface_keras.faces.embedder import FaceEmbedder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_official_checkpoint_on_deepface_pairs(data_dir, detector):
     The independent reference is the dataset README: the same checkpoint, aligned by the data
     collector's own pipeline, separates all 300 pairs (accuracy 1.000; mean cosine 0.679 / 0.016).
     """
-    convert = pytest.importorskip("ghostface_keras.convert")
+    convert = pytest.importorskip("ghostface_keras.models.official")
     checkpoint = data_dir / "ghostfacenets_pretrained" / "GN_W0.5_S2_ArcFace_epoch16.h5"
     folder = data_dir / "deepface_verification_pairs"
     if not checkpoint.is_file() or not folder.is_dir():

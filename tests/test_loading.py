@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghostface_keras.checkpoints import FALLBACK_THRESHOLD, get_checkpoint
-from ghostface_keras.errors import ModelLoadError
-from ghostface_keras.loading import load_model
-from ghostface_keras.preprocessing import normalize_images
+from ghostface_keras.weights.checkpoints import FALLBACK_THRESHOLD, get_checkpoint
+from ghostface_keras.core.errors import ModelLoadError
+from ghostface_keras.runtime.loading import load_model
+from ghostface_keras.core.preprocessing import normalize_images
 
 
 def _embedder(size: int = 112, dimension: int = 64, seed: int = 0) -> keras.Model:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ghostface_keras as g
-from ghostface_keras.blocks import BilinearResize, LayerSettings, dfc_attention, make_divisible
+from ghostface_keras.models.blocks import BilinearResize, LayerSettings, dfc_attention, make_divisible
 
 OFFICIAL_BUILDS = {
     "ghostfacenetv1-w1.0-s2": lambda: g.GhostFaceNetV1(width=1.0, stem_strides=2),
@@ -202,9 +202,11 @@ def test_registry_lookup_overrides_and_errors():
 
 
 def test_model_code_uses_keras_only():
-    """Builders must run on every Keras backend: no TensorFlow imports in model code."""
+    """Builders must run on every Keras backend: no TensorFlow imports in model or weight-file code."""
     package = Path(g.__file__).parent
-    for path in [package / "blocks.py", *sorted((package / "models").glob("*.py"))]:
+    paths = sorted((package / "models").glob("*.py")) + sorted((package / "weights").glob("*.py"))
+    assert package / "models" / "blocks.py" in paths
+    for path in paths:
         assert "tensorflow" not in path.read_text(), path
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ghostface_keras.errors import GhostFaceError
-from ghostface_keras.heads import NormDense
-from ghostface_keras.losses import ArcFace
-from ghostface_keras.partial_fc import PartialFCModel, sample_classes, sampled_class_count
-from ghostface_keras.training import Stage, Trainer
+from ghostface_keras.core.errors import GhostFaceError
+from ghostface_keras.train.heads import NormDense
+from ghostface_keras.train.losses import ArcFace
+from ghostface_keras.train.partial_fc import PartialFCModel, sample_classes, sampled_class_count
+from ghostface_keras.train.trainer import Stage, Trainer
 
 
 def _numpy_cosines(x, kernel, sub_centers):
@@ -145,7 +145,7 @@ def test_train_cli_checks_the_partial_fc_rate(tmp_path, capsys):
     assert "--partial-fc-rate must be in (0, 1]" in capsys.readouterr().err
     assert cli.main(["--demo", "--optimizer", "sam", "--partial-fc-rate", "0.5", "--output", str(tmp_path / "r")]) == 2
     assert "cannot be combined" in capsys.readouterr().err
-    from ghostface_keras.recipes import TrainingConfig, official_stages, resolve_defaults
+    from ghostface_keras.train.recipes import TrainingConfig, official_stages, resolve_defaults
 
     config = resolve_defaults(TrainingConfig.from_dict(cli._config_fields(cli.parse_args(["--demo", "--partial-fc-rate", "0.25"]))))
     stages, _ = official_stages(config, steps_per_epoch=10)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ghostface_keras as g
-from ghostface_keras.pretrained import CHECKPOINTS, PretrainedError, get_checkpoint, list_pretrained, load_pretrained
+from ghostface_keras.weights.checkpoints import CHECKPOINTS, list_pretrained
+from ghostface_keras.models.pretrained import PretrainedError, get_checkpoint, load_pretrained
 
 
 def test_every_checkpoint_names_a_registry_model_and_an_official_release_url():

@@ -18,7 +18,7 @@ from test_export import SIZE, _randomize, cosines, face_like_images, tiny_face_m
 
 from ghostface_keras import MobileFaceNet, export  # noqa: E402
 from ghostface_keras.cli import export as export_cli  # noqa: E402
-from ghostface_keras.errors import ExportError  # noqa: E402
+from ghostface_keras.core.errors import ExportError  # noqa: E402
 from ghostface_keras.export.quantization_aware import (  # noqa: E402
     ActivationQuantizer,
     _int8_constant,
@@ -208,7 +208,7 @@ def test_fine_tuning_lifts_the_released_checkpoint_int8_on_real_faces(released, 
     import glob
     from pathlib import Path
 
-    from ghostface_keras import convert
+    from ghostface_keras.models import official as convert
 
     model = convert.load_official(str(released))
     faces = export.sample_images(data_dir / "celeba_aligned112" / "train", 512)

@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ghostface_keras.align import ARCFACE_TEMPLATE_112, DetectedFace
-from ghostface_keras.service import handle_request
+from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, DetectedFace
+from ghostface_keras.serve.protocol import handle_request
 from ghostface_keras.data.synthetic import render_synthetic_faces
-from ghostface_keras.inference import FaceEmbedder
+from ghostface_keras.faces.embedder import FaceEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_TIMEOUT = 90  # seconds: start-up (TensorFlow import, model load) on 2 busy cores, then one request

@@ -114,7 +114,7 @@ def test_jax_from_scratch_writes_the_same_files_and_its_model_exports_on_tensorf
     assert config["model"] == MODEL and config["batch_size"] == 16
     check = ("import sys, numpy as np, keras\n"
              "from ghostface_keras.export import export_tflite\n"
-             "from ghostface_keras.export.runtime import run_tflite\n"
+             "from ghostface_keras.runtime.litert import run_tflite\n"
              "model = keras.saving.load_model(sys.argv[1])\n"
              "x = np.random.default_rng(0).uniform(-1, 1, (1, 112, 112, 3)).astype('float32')\n"
              "ours, lite = model.predict(x, verbose=0), run_tflite(export_tflite(model, sys.argv[2]), x)\n"
@@ -175,7 +175,7 @@ def start_workers(faces, outputs, port, *extra, epochs=1):
 
 def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tmp_path, pairs_bin):
     common = ("--log-steps", "--seed", "7", "--eval-bins", str(pairs_bin))
-    single = run("jax", train_args(faces, tmp_path / "one", *common, epochs=1))
+    run("jax", train_args(faces, tmp_path / "one", *common, epochs=1))  # the one-process reference run
     split = run("jax", train_args(faces, tmp_path / "split", *common, "--cpu-devices", "2", "--devices", "2", epochs=1))
     outputs = [tmp_path / "two", tmp_path / "never_written"]
     workers = start_workers(faces, outputs, free_port(), *common)

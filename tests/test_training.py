@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ghostface_keras.callbacks import (
+from ghostface_keras.train.callbacks import (
     VerificationCallback,
     load_history,
 )
-from ghostface_keras.errors import GhostFaceError
-from ghostface_keras.schedules import CosineRestarts, ExponentialEpochDecay, StepDecay
-from ghostface_keras.losses import AdaFace, ArcFace, MagFace
-from ghostface_keras.optimizers import SAMModel
-from ghostface_keras.training import Stage, Trainer
+from ghostface_keras.core.errors import GhostFaceError
+from ghostface_keras.train.schedules import CosineRestarts, ExponentialEpochDecay, StepDecay
+from ghostface_keras.train.losses import AdaFace, ArcFace, MagFace
+from ghostface_keras.train.optimizers import SAMModel
+from ghostface_keras.train.trainer import Stage, Trainer
 
 CLASSES, IMAGES, SIDE = 4, 64, 12
 
@@ -220,7 +220,7 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
 def test_verification_callback_uses_the_one_embedding_path_and_the_evaluation_protocol():
     """The callback's score equals the evaluation's 10-fold protocol on embeddings computed here by hand."""
     from ghostface_keras.evaluation import k_fold_accuracy
-    from ghostface_keras.preprocessing import normalize_images
+    from ghostface_keras.core.preprocessing import normalize_images
 
     model = _embedding_model()
     size = model.input_shape[1]
@@ -244,9 +244,9 @@ _MIRRORED_SCRIPT = r"""
 import json, sys
 import numpy as np, tensorflow as tf
 import keras
-from ghostface_keras.distribution import setup_cluster, use_cpu_devices
-from ghostface_keras.losses import ArcFace
-from ghostface_keras.training import Stage, Trainer
+from ghostface_keras.core.distribution import setup_cluster, use_cpu_devices
+from ghostface_keras.train.losses import ArcFace
+from ghostface_keras.train.trainer import Stage, Trainer
 
 use_cpu_devices(2)
 devices = int(sys.argv[1])
@@ -296,7 +296,7 @@ def test_two_device_mirrored_first_step_equals_one_device(tmp_path, rho):
 
 # ------------------------------------------------------------------------------- in-graph LR, early stop
 def test_shifted_and_head_first_schedules_match_closed_forms():
-    from ghostface_keras.schedules import HeadFirstSchedule, ShiftedSchedule
+    from ghostface_keras.train.schedules import HeadFirstSchedule, ShiftedSchedule
 
     step_decay = StepDecay(0.1, boundaries=[2], rate=0.1, steps_per_epoch=5)  # 0.1 before step 10, then 0.01
     shifted = ShiftedSchedule(step_decay, offset=7)
@@ -342,7 +342,7 @@ def _train_cli():
 
 
 def test_cli_defaults_by_recipe_and_demo_settings_yield_to_explicit_options():
-    from ghostface_keras.recipes import TrainingConfig, resolve_defaults
+    from ghostface_keras.train.recipes import TrainingConfig, resolve_defaults
 
     cli = _train_cli()
 

@@ -1,4 +1,4 @@
-"""ghostface_keras.video and `ghostface watch`: tracking and re-embedding rules on scripted detections, then the
+"""ghostface_keras.faces.video and `ghostface watch`: tracking and re-embedding rules on scripted detections, then the
 released GN_W0.5 model with MTCNN on a 640x480 pan-and-zoom video of real photos (three people in turn; the
 gallery holds other photos of them and of three more people), its JSON lines and annotated video, and bad input
 through `python -m ghostface_keras.cli.watch`.
@@ -19,9 +19,9 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from ghostface_keras.align import ARCFACE_TEMPLATE_112, DetectedFace  # noqa: E402
-from ghostface_keras.inference import Gallery  # noqa: E402
-from ghostface_keras.video import (  # noqa: E402
+from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, DetectedFace# noqa: E402
+from ghostface_keras.faces.embedder import Gallery  # noqa: E402
+from ghostface_keras.faces.video import (  # noqa: E402
     AnnotatedVideoWriter,
     FrameResult,
     FrameSource,
@@ -153,7 +153,7 @@ def test_appearance_change_of_the_same_person_keeps_the_track():
 
 
 def test_gallery_problems_are_data_errors(tmp_path):
-    from ghostface_keras.errors import DataError
+    from ghostface_keras.core.errors import DataError
 
     with pytest.raises(DataError, match="empty"):
         watch(ScriptedEmbedder([]), [], Gallery([], np.zeros((0, 2), np.float32)))
@@ -170,7 +170,7 @@ def test_gallery_problems_are_data_errors(tmp_path):
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scene(bench, data_dir, released, tmp_path_factory):
-    from ghostface_keras.inference import FaceEmbedder
+    from ghostface_keras.faces.embedder import FaceEmbedder
 
     folder = tmp_path_factory.mktemp("watch")
     scenario = bench.deepface_scenario(data_dir / "deepface_verification_pairs")

@@ -94,8 +94,8 @@ def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = Fal
         >>> run_reporting_errors("ghostface-demo", work)      # the line goes to stderr
         2
     """
-    from ghostface_keras.errors import GhostFaceError
-    from ghostface_keras.files import describe_os_error
+    from ghostface_keras.core.errors import GhostFaceError
+    from ghostface_keras.core.files import describe_os_error
 
     try:
         return body()
@@ -119,13 +119,13 @@ def check_gallery_argument(gallery: str):
         >>> check_gallery_argument("no_such_people/")
         Traceback (most recent call last):
         ...
-        ghostface_keras.errors.DataError: no_such_people/: gallery folder or .npz not found
+        ghostface_keras.core.errors.DataError: no_such_people/: gallery folder or .npz not found
     """
     from pathlib import Path
 
-    from ghostface_keras.errors import DataError
-    from ghostface_keras.files import check_input_paths, list_images
-    from ghostface_keras.inference import Gallery
+    from ghostface_keras.core.errors import DataError
+    from ghostface_keras.core.files import check_input_paths, list_images
+    from ghostface_keras.faces.embedder import Gallery
 
     check_input_paths([(gallery, "gallery folder or .npz")])
     path = Path(gallery)

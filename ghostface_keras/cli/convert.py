@@ -31,12 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        from ghostface_keras.files import check_input_paths, check_output_path
+        from ghostface_keras.core.files import check_input_paths, check_output_path
 
         check_input_paths([(args.source, "file")])
         check_output_path(args.destination)
         import_backend_quietly()
-        from ghostface_keras.convert import convert_file
+        from ghostface_keras.models.official import convert_file
 
         variant, difference = convert_file(args.source, args.destination)
         print(f"variant: {variant.name} (use_bias={variant.use_bias}, scale={variant.scale}, "

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ghostface_keras.cli import import_backend_quietly, run_reporting_errors
-from ghostface_keras.errors import DataError, GhostFaceError
+from ghostface_keras.core.errors import DataError, GhostFaceError
 
 logger = logging.getLogger("ghostface_keras.eval")
 
@@ -82,7 +82,7 @@ def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, names: Sequen
     Example:
         >>> import keras, tempfile
         >>> from ghostface_keras.data import save_bin
-        >>> from ghostface_keras.embedding import EmbeddingFunction
+        >>> from ghostface_keras.runtime.embedding import EmbeddingFunction
         >>> inputs = keras.Input((112, 112, 3))
         >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
         >>> pixels = np.random.default_rng(0).integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
@@ -91,7 +91,7 @@ def evaluate_bins(embed: Any, bins: Sequence[str], progress: bool, names: Sequen
         >>> results[0].name, results[0].pairs
         ('toy', 20)
     """
-    from ghostface_keras.embedding import extract_embeddings
+    from ghostface_keras.runtime.embedding import extract_embeddings
     from ghostface_keras.evaluation import pair_scores, verification_metrics
 
     results = []
@@ -114,10 +114,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         >>> check_arguments(build_parser().parse_args(["--model", "m.keras", "--output", "out"]))
         Traceback (most recent call last):
         ...
-        ghostface_keras.errors.DataError: nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes
+        ghostface_keras.core.errors.DataError: nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes
     """
-    from ghostface_keras.files import check_input_paths, check_output_path
-    from ghostface_keras.loading import check_model_source
+    from ghostface_keras.core.files import check_input_paths, check_output_path
+    from ghostface_keras.runtime.loading import check_model_source
 
     if not (args.bins or args.ijb or args.rfw or args.folder or args.gallery or args.probes):
         raise DataError("nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes")
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
     """Run every requested benchmark (options checked by `check_arguments`); returns (verification results,
     extra JSON documents). `main` shows it at work (it calls this, then writes the reports).
     """
-    from ghostface_keras.embedding import EmbeddingFunction
+    from ghostface_keras.runtime.embedding import EmbeddingFunction
     from ghostface_keras.evaluation import evaluate_ijb, find_rfw_bins, rfw_summary
     from ghostface_keras.evaluation.identification import evaluate_folder, evaluate_gallery_probe
 
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
 
 def _print_summary(results: Sequence[Any], extra: dict[str, Any], output: Path) -> None:
     from ghostface_keras.evaluation import results_table
-    from ghostface_keras.tables import markdown_table
+    from ghostface_keras.core.tables import markdown_table
 
     print(markdown_table(results_table([result.record() for result in results])))
     if "bias" in extra:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ghostface_keras.cli import EXIT_CHECK_FAILED, import_backend_quietly, non_negative_int, run_reporting_errors
-from ghostface_keras.errors import ExportError
+from ghostface_keras.core.errors import ExportError
 from ghostface_keras.export.formats import FORMATS, QUANTIZATIONS
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def _positive_float(text: str) -> float:
 def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
     """Refuse bad option combinations, missing inputs and an unwritable --output before TensorFlow or the
     model loads; returns the LiteRT thread counts."""
-    from ghostface_keras.files import check_input_paths, check_output_path
-    from ghostface_keras.loading import check_model_source
+    from ghostface_keras.core.files import check_input_paths, check_output_path
+    from ghostface_keras.runtime.loading import check_model_source
 
     if args.format != "tflite" and args.quantization != "none":
         raise ExportError(f"--quantization {args.quantization} applies to --format tflite only")
@@ -95,7 +95,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
 
 def _parity_images(args: argparse.Namespace, height_width: tuple[int, int]) -> np.ndarray:
     from ghostface_keras.export.images import sample_images
-    from ghostface_keras.preprocessing import normalize_images
+    from ghostface_keras.core.preprocessing import normalize_images
 
     if args.parity_data:
         return sample_images(args.parity_data, args.parity_size, seed=1, size=height_width)
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_backend_quietly()
         from ghostface_keras.export.parity import check_parity
         from ghostface_keras.export.quantization_aware import is_quantization_aware
-        from ghostface_keras.loading import load_model
+        from ghostface_keras.runtime.loading import load_model
 
         loaded = load_model(args.model)
         model = loaded.keras_model

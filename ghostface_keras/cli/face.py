@@ -10,7 +10,7 @@ Group photos: `--face largest` (default; a warning says how many faces were foun
 `--face N` (counted left to right from 1) or `--face all` (verify: the most similar pair of faces;
 embed: one row per face; identify: a ranking per face). verify takes `--face N,M` for one face per photo.
 
-Exit status and error lines follow `ghostface_keras.cli`. The work is `ghostface_keras.inference.FaceEmbedder`.
+Exit status and error lines follow `ghostface_keras.cli`. The work is `ghostface_keras.faces.embedder.FaceEmbedder`.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _face_choice(text: str):
     """A --face value, checked before anything loads (argparse turns the ValueError into a usage error)."""
-    from ghostface_keras.inference import parse_face_choice
-    from ghostface_keras.errors import GhostFaceError
+    from ghostface_keras.faces.embedder import parse_face_choice
+    from ghostface_keras.core.errors import GhostFaceError
 
     try:
         return parse_face_choice(text)
@@ -94,9 +94,9 @@ def _face_pair(text: str) -> tuple:
 
 def _check_inputs(args: argparse.Namespace) -> None:
     """Refuse bad arguments before the model loads (seconds), in one line naming the file."""
-    from ghostface_keras.errors import DataError
-    from ghostface_keras.files import check_input_paths, check_output_path
-    from ghostface_keras.loading import check_model_source
+    from ghostface_keras.core.errors import DataError
+    from ghostface_keras.core.files import check_input_paths, check_output_path
+    from ghostface_keras.runtime.loading import check_model_source
 
     photos = {"verify": lambda: [args.image_a, args.image_b], "embed": lambda: args.images,
               "identify": lambda: [args.probe]}[args.command]()
@@ -126,7 +126,7 @@ def _run_command(args: argparse.Namespace) -> int:
         return run_serve(args)
     _check_inputs(args)
     import_backend_quietly()
-    from ghostface_keras.inference import FaceEmbedder
+    from ghostface_keras.faces.embedder import FaceEmbedder
 
     embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                             threshold=getattr(args, "threshold", None))
@@ -169,7 +169,7 @@ def _run_command(args: argparse.Namespace) -> int:
 def _embed_every_face(embedder, images: Sequence[str], skip_missing: bool):
     """--face all: one row per face, photos in order and faces left to right; a faceless photo is an error,
     or one NaN row (face number 0) with --skip-missing."""
-    from ghostface_keras.errors import NoFaceError
+    from ghostface_keras.core.errors import NoFaceError
 
     rows, sources, faces = [], [], []
     for image in images:
@@ -191,7 +191,7 @@ def _embed_every_face(embedder, images: Sequence[str], skip_missing: bool):
 def _save_embeddings(output: Path, embeddings: np.ndarray, images: Sequence[str], faces=None) -> None:
     """One `.npz` (embeddings and paths, and with --face all each row's face number and box), or a `.npy`
     and its `.txt` of paths (`path<TAB>face number` with --face all) renamed into place together."""
-    from ghostface_keras.files import atomic_output
+    from ghostface_keras.core.files import atomic_output
 
     paths = [str(image) for image in images]
     extra, lines = {}, paths

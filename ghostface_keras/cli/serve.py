@@ -10,7 +10,7 @@ model, the detector and the gallery (embedded once), warms them up, then answers
 talk to it over two pipes. A verify request then takes 60 ms instead of 8.8 s with BlazeFace (147x), 326 ms
 instead of 9.3 s with MTCNN; the protocol itself costs 0.05 ms (benchmarks/results/serve.md).
 
-The protocol is `ghostface_keras.service` (and docs/inference.md).
+The protocol is `ghostface_keras.serve.protocol` (and docs/inference.md).
 
 Example:
     >>> main(["--model", "no/such/model.keras"])      # one line on stderr, before TensorFlow loads
@@ -29,11 +29,11 @@ from typing import IO, Any, Iterator, Sequence
 
 from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
                                  run_reporting_errors)
-from ghostface_keras.service import DEFAULT_MAX_LINE_BYTES
+from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES
 
 logger = logging.getLogger(__name__)
 
-# the detector of photos (the library's default, ghostface_keras.align.DEFAULT_DETECTOR: BlazeFace, 0.007 CPU-s
+# the detector of photos (the library's default, ghostface_keras.faces.detectors.DEFAULT_DETECTOR: BlazeFace, 0.007 CPU-s
 # per photo against MTCNN's 0.16); spelled out here so that --help does not import the detectors
 DEFAULT_DETECTOR = "blazeface"
 
@@ -71,10 +71,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def _check_inputs(args: argparse.Namespace) -> Any:
     """Refuse bad arguments before TensorFlow and the model load (seconds), in one line naming the file; returns
     the gallery when it is a .npz (read without TensorFlow), else None."""
-    from ghostface_keras.align import DETECTORS
-    from ghostface_keras.errors import DataError
-    from ghostface_keras.files import check_input_paths
-    from ghostface_keras.loading import check_model_source
+    from ghostface_keras.faces.detectors import DETECTORS
+    from ghostface_keras.core.errors import DataError
+    from ghostface_keras.core.files import check_input_paths
+    from ghostface_keras.runtime.loading import check_model_source
 
     if args.detector.lower() not in {*DETECTORS, "none"}:
         raise DataError(f"{args.detector}: unknown detector; expected one of {', '.join(sorted(DETECTORS))} or none")
@@ -114,9 +114,9 @@ def run_serve(args: argparse.Namespace) -> int:
     gallery = _check_inputs(args)
     with _answers_channel() as answers:
         import_backend_quietly()
-        from ghostface_keras.errors import DataError
-        from ghostface_keras.inference import FaceEmbedder
-        from ghostface_keras.service import serve
+        from ghostface_keras.core.errors import DataError
+        from ghostface_keras.faces.embedder import FaceEmbedder
+        from ghostface_keras.serve.protocol import serve
 
         started = time.monotonic()
         # the detector's runtime announces itself on stderr ("Created TensorFlow Lite XNNPACK delegate"):
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = add_serve_arguments(argparse.ArgumentParser(
         prog="ghostface serve", description="Load a face model once and answer verify / embed / identify / ping "
         "requests, one JSON object per line on stdin, one JSON answer per line on stdout (see "
-        "ghostface_keras/service.py or docs/inference.md for the protocol)."))
+        "ghostface_keras/serve/protocol.py or docs/inference.md for the protocol)."))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     return run_reporting_errors("ghostface", lambda: run_serve(args), verbose=args.verbose)

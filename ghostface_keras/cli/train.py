@@ -35,7 +35,7 @@ BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow"}  # the backends tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ghostface_keras.recipes import LOSSES, OPTIMIZERS, SCHEDULES
+    from ghostface_keras.train.recipes import LOSSES, OPTIMIZERS, SCHEDULES
 
     parser = argparse.ArgumentParser(prog="ghostface-train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options, with `--config FILE` supplying defaults that explicit options override."""
     parser = build_parser()
-    from ghostface_keras.errors import GhostFaceError
+    from ghostface_keras.core.errors import GhostFaceError
 
     args = parser.parse_args(argv)
     if args.config:
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    from ghostface_keras.errors import GhostFaceError
-    from ghostface_keras.recipes import TrainingConfig, validate
+    from ghostface_keras.core.errors import GhostFaceError
+    from ghostface_keras.train.recipes import TrainingConfig, validate
 
     args = parse_args(argv)  # before any backend import: `--help` answers at once
     # options, files and --output checked in seconds, before the backend (and TensorFlow) loads
@@ -145,8 +145,8 @@ def _run(argv: list[str] | None) -> int:
     if problem:
         raise GhostFaceError(problem)
     import_backend_quietly()
-    from ghostface_keras.distribution import LostProcessError
-    from ghostface_keras.recipes import train
+    from ghostface_keras.core.distribution import LostProcessError
+    from ghostface_keras.train.recipes import train
 
     config = TrainingConfig.from_dict(_config_fields(args))
     started = time.time()

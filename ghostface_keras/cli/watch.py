@@ -4,7 +4,7 @@
         --output-video annotated.mp4 --output-jsonl faces.jsonl
     ghostface watch 0 --gallery known.npz --model model.tflite          # camera 0; JSON lines on stdout
 
-Every frame is searched for faces; tracked faces keep their identity between re-embeddings (`ghostface_keras.video`).
+Every frame is searched for faces; tracked faces keep their identity between re-embeddings (`ghostface_keras.faces.video`).
 Frames per second are shown on stderr when it is a terminal (or with --progress). Bad input (a missing or
 unreadable video, no such camera, an empty gallery, an unsupported output name) is one line on stderr and exit
 status 2, checked before the model loads; Ctrl-C stops the run, keeps complete outputs of the frames so far and
@@ -64,10 +64,10 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def _check_inputs(args: argparse.Namespace) -> Any:
     """Refuse bad input before TensorFlow and the model load (seconds), in one line naming the file; returns the
     gallery when it is a .npz (read without TensorFlow), else None."""
-    from ghostface_keras.errors import DataError
-    from ghostface_keras.files import check_output_path
-    from ghostface_keras.loading import check_model_source
-    from ghostface_keras.video import VIDEO_CODECS, FrameSource
+    from ghostface_keras.core.errors import DataError
+    from ghostface_keras.core.files import check_output_path
+    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.faces.video import VIDEO_CODECS, FrameSource
 
     if args.output_video and Path(args.output_video).suffix.lower() not in VIDEO_CODECS:
         raise DataError(f"{args.output_video}: --output-video must end in {', '.join(VIDEO_CODECS)}")
@@ -87,12 +87,12 @@ def _check_inputs(args: argparse.Namespace) -> Any:
 
 def run_watch(args: argparse.Namespace) -> int:
     """Run `ghostface watch` for parsed arguments; returns the exit status (bad input raises `GhostFaceError`)."""
-    from ghostface_keras.progress import ProgressBar
+    from ghostface_keras.core.progress import ProgressBar
 
     gallery = _check_inputs(args)
     import_backend_quietly()
-    from ghostface_keras.inference import FaceEmbedder
-    from ghostface_keras.video import AnnotatedVideoWriter, FrameSource, JsonLinesWriter, watch
+    from ghostface_keras.faces.embedder import FaceEmbedder
+    from ghostface_keras.faces.video import AnnotatedVideoWriter, FrameSource, JsonLinesWriter, watch
 
     embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                             threshold=args.threshold).warm_up()

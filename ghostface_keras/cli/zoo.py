@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (as in the README)")
     args = parser.parse_args(argv)
     import_backend_quietly()
-    from ghostface_keras.registry import list_models, model_zoo_table
-    from ghostface_keras.tables import markdown_table, text_table
+    from ghostface_keras.models.registry import list_models, model_zoo_table
+    from ghostface_keras.core.tables import markdown_table, text_table
 
     names = list_models(args.pattern)
     if not names:

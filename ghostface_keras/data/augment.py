@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 LEVEL_NAMES = {"flip": 0, "brightness": 1, "color": 2, "crop": 3, "randaugment": "randaugment"}
 GREY = 128.0

@@ -27,8 +27,8 @@ except ImportError:  # numpy 1.x
     from numpy.core import multiarray as _multiarray
 
 from ghostface_keras.data.decode import decode_many
-from ghostface_keras.errors import DataError
-from ghostface_keras.files import write_atomically
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.files import write_atomically
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:

@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ghostface_keras.errors import DataError
-from ghostface_keras.progress import ProgressBar
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from ghostface_keras.data.pipeline import ImageSource, build_dataset
-from ghostface_keras.errors import DataError
-from ghostface_keras.files import is_image_file, write_atomically
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.files import is_image_file, write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ import tensorflow as tf
 
 from ghostface_keras.data.augment import Augmentation, resolve_augmentation, resolve_seed
 from ghostface_keras.data.decode import ImageDecodeError, decode_image_bytes, decode_many
-from ghostface_keras.errors import DataError
-from ghostface_keras.preprocessing import normalize_images
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.preprocessing import normalize_images
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ def pipeline_errors_in_one_line() -> Iterator[None]:
         ...     raise tf.errors.InvalidArgumentError(None, None, "{{node}} DataError: a.rec: bad magic\\nTraceback ...")
         Traceback (most recent call last):
         ...
-        ghostface_keras.errors.DataError: a.rec: bad magic
+        ghostface_keras.core.errors.DataError: a.rec: bad magic
     """
     try:
         yield

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from ghostface_keras.data.pipeline import ImageSource, build_dataset
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 MAGIC = 0xCED7230A
 LENGTH_MASK = (1 << 29) - 1

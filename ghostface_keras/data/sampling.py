@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from ghostface_keras.data.augment import resolve_seed
 from ghostface_keras.data.pipeline import ImageSource, build_dataset, sharded_batching
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 
 def _source(data) -> ImageSource:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ghostface_keras.files import write_atomically
+from ghostface_keras.core.files import write_atomically
 
 
 def _identity_parameters(seed: int, identity: int) -> dict:

@@ -15,7 +15,7 @@ Example:
 """
 
 from ghostface_keras.evaluation.bias import RFW_GROUPS, find_rfw_bins, rfw_summary
-from ghostface_keras.embedding import EmbeddingFunction, extract_embeddings
+from ghostface_keras.runtime.embedding import EmbeddingFunction, extract_embeddings
 from ghostface_keras.evaluation.identification import (
     leave_one_out_identification,
     list_identity_folder,

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 
 RFW_GROUPS = ("African", "Asian", "Caucasian", "Indian")
 

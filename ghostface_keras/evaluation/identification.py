@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ghostface_keras.errors import DataError
-from ghostface_keras.files import is_image_file, list_images
-from ghostface_keras.images import read_face_images
-from ghostface_keras.numeric import l2_normalize
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.files import is_image_file, list_images
+from ghostface_keras.core.images import read_face_images
+from ghostface_keras.core.numeric import l2_normalize
 
 
 
@@ -194,7 +194,7 @@ def evaluate_folder(model: Any, folder: str | os.PathLike, batch_size: int = 128
         >>> identification["probes"], identification["identities"], verification.pairs   # 6 images: 15 pairs
         (6, 3, 15)
     """
-    from ghostface_keras.embedding import extract_embeddings
+    from ghostface_keras.runtime.embedding import extract_embeddings
     from ghostface_keras.evaluation.verification import verification_metrics
 
     paths, labels, _ = list_identity_folder(folder)
@@ -228,7 +228,7 @@ def evaluate_gallery_probe(model: Any, gallery_dir: str | os.PathLike, probe_dir
         >>> record["name"], record["probes"], record["gallery"], sorted(record)[-2:]
         ('probe', 6, 5, ['rank_1', 'rank_5'])
     """
-    from ghostface_keras.embedding import as_embedding_function, extract_embeddings
+    from ghostface_keras.runtime.embedding import as_embedding_function, extract_embeddings
 
     embed = as_embedding_function(model, batch_size, flip)
     gallery_paths, gallery_labels, gallery_names = list_identity_folder(gallery_dir)

@@ -11,7 +11,7 @@ Layout (`<root>` is `IJB_release`, holding `IJBB/` and/or `IJBC/`; the subset fo
 ```
 
 Steps (insightface's default scenario, "N0D1F1"):
-1. each loose crop is aligned to 112x112 with its 5 points (`ghostface_keras.align.align_face`);
+1. each loose crop is aligned to 112x112 with its 5 points (`ghostface_keras.faces.alignment.align_face`);
 2. image embedding = f(x) + f(mirror x) (F1), *not* L2-normalized (N0), multiplied by the detector
    score (D1);
 3. media pooling: images of one media (video) are averaged; template pooling: media features are
@@ -36,13 +36,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ghostface_keras.errors import DataError
+from ghostface_keras.core.errors import DataError
 from ghostface_keras.evaluation.verification import (
     VerificationResult,
     far_key,
     verification_metrics,
 )
-from ghostface_keras.numeric import l2_normalize
+from ghostface_keras.core.numeric import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +170,14 @@ def read_ijb_meta(root: str | Path, subset: str = "IJBC") -> IJBMeta:
 # --------------------------------------------------------------------------------------------------
 def _default_aligner() -> Aligner:
     try:
-        from ghostface_keras.align import align_face
+        from ghostface_keras.faces.alignment import align_face
     except ImportError as error:
-        raise DataError(f"IJB alignment needs ghostface_keras.align.align_face ({error})") from error
+        raise DataError(f"IJB alignment needs ghostface_keras.faces.alignment.align_face ({error})") from error
     return align_face
 
 
 def _load_and_align(path: Path, landmarks: np.ndarray, aligner: Aligner) -> np.ndarray:
-    from ghostface_keras.images import load_rgb_image
+    from ghostface_keras.core.images import load_rgb_image
 
     return aligner(load_rgb_image(path), landmarks)
 
@@ -404,7 +404,7 @@ def evaluate_ijb(model: Any, root: str | Path, subset: str = "IJBC", batch_size:
         >>> result = evaluate_ijb("model.keras", "/data/IJB_release", "IJBB")    # doctest: +SKIP
         >>> result.verification.record()["tar_at_far"]["1e-04"]                  # doctest: +SKIP
     """
-    from ghostface_keras.embedding import as_embedding_function, extract_embeddings
+    from ghostface_keras.runtime.embedding import as_embedding_function, extract_embeddings
 
     meta = read_ijb_meta(root, subset)
     logger.info("%s: %d images, %d templates, %d pairs", meta.subset, len(meta.image_names),

@@ -3,7 +3,7 @@
 `results.json` is a list with one record per verification benchmark (fields: name, pairs,
 accuracy (10-fold mean), accuracy_std, best_threshold_accuracy, threshold, auc, eer, tar_at_far);
 identification and bias summaries go to `identification.json` / `bias.json` beside it. Every file is
-written by `ghostface_keras.files.write_atomically`, so an interrupted run never leaves half a file. Plots are
+written by `ghostface_keras.core.files.write_atomically`, so an interrupted run never leaves half a file. Plots are
 `matplotlib.figure.Figure`s: the plotting backend of the caller's process is never switched.
 
 Example:
@@ -26,8 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ghostface_keras.evaluation.verification import VerificationResult
-from ghostface_keras.files import write_atomically
-from ghostface_keras.tables import markdown_table
+from ghostface_keras.core.files import write_atomically
+from ghostface_keras.core.tables import markdown_table
 
 RECORD_FIELDS = ("name", "pairs", "accuracy", "accuracy_std", "best_threshold_accuracy", "threshold", "auc",
                  "eer", "tar_at_far")

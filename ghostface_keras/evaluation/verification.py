@@ -28,8 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ghostface_keras.errors import DataError
-from ghostface_keras.numeric import l2_normalize
+from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.numeric import l2_normalize
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
 # insightface's grid of squared-distance thresholds, np.arange(0, 4, 0.01), seen as cosines
@@ -367,7 +367,7 @@ def evaluate_verification(embeddings_or_model: Any, images: Any = None, issame: 
     else:
         if images is None:
             raise DataError("evaluate_verification needs `images` when given a model")
-        from ghostface_keras.embedding import extract_embeddings
+        from ghostface_keras.runtime.embedding import extract_embeddings
 
         embeddings = extract_embeddings(embeddings_or_model, images, batch_size=batch_size, flip=flip,
                                         progress=progress)

@@ -39,20 +39,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# public name -> defining module, imported on first use (so `runtime` can be used without TensorFlow)
+# public name -> defining module, imported on first use (so the LiteRT runner can be used without TensorFlow)
 _API = {
     "images": ("list_images", "load_face_images", "sample_images"),
     "int8_rewrite": ("xnnpack_int8_equivalent",),
     "onnx": ("export_onnx", "onnx_available", "run_onnx"),
     "parity": ("PARITY_THRESHOLDS", "ParityReport", "check_parity"),
     "quantization_aware": ("fine_tune_quantization_aware", "is_quantization_aware", "quantization_aware_model"),
-    "runtime": ("TFLiteEmbedder", "count_delegate_nodes", "dynamic_tensor_names", "make_interpreter", "run_tflite",
+    "ghostface_keras.runtime.litert": ("TFLiteEmbedder", "count_delegate_nodes", "dynamic_tensor_names", "make_interpreter", "run_tflite",
                 "tflite_latency_ms", "tflite_op_names"),
     "saved_model": ("export_saved_model", "run_saved_model"),
     "tflite": ("DYNAMIC_SHAPE_OPS", "export_tflite"),
     "formats": ("FORMATS", "QUANTIZATIONS"),
 }
-_WHERE = {name: f"{__name__}.{module}" for module, names in _API.items() for name in names}
+_WHERE = {name: module if module.startswith("ghostface_keras.") else f"{__name__}.{module}"
+          for module, names in _API.items() for name in names}
 __all__ = sorted(_WHERE)
 
 

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ghostface_keras.progress import ProgressBar
+from ghostface_keras.core.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def clip_activation_ranges(calibrated: bytes, images: np.ndarray, percentile: fl
 
 
 def _run(content: bytes, images: np.ndarray) -> np.ndarray:
-    from ghostface_keras.export.runtime import run_tflite
+    from ghostface_keras.runtime.litert import run_tflite
 
     with tempfile.TemporaryDirectory(prefix="ghostface_percentile_") as folder:
         path = os.path.join(folder, "candidate.tflite")
@@ -193,7 +193,7 @@ def quantize_with_best_percentile(
         >>> percentile in scores, sorted(scores) == sorted(PERCENTILE_CANDIDATES)
         (True, True)
     """
-    from ghostface_keras.numeric import row_cosines
+    from ghostface_keras.core.numeric import row_cosines
 
     held_out = min(SELECTION_IMAGES, len(images) // 4)
     if held_out < 2:

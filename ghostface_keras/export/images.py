@@ -9,16 +9,16 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.errors import DataError, ExportError
-from ghostface_keras.files import IMAGE_EXTENSIONS
-from ghostface_keras.files import list_images as list_image_files
-from ghostface_keras.images import read_face_images
-from ghostface_keras.preprocessing import IMAGE_SIZE, normalize_images
+from ghostface_keras.core.errors import DataError, ExportError
+from ghostface_keras.core.files import IMAGE_EXTENSIONS
+from ghostface_keras.core.files import list_images as list_image_files
+from ghostface_keras.core.images import read_face_images
+from ghostface_keras.core.preprocessing import IMAGE_SIZE, normalize_images
 
 logger = logging.getLogger(__name__)
 
 def list_images(directory: str | os.PathLike) -> list[Path]:
-    """Image files under `directory` (`ghostface_keras.files.list_images`); none is an `ExportError`."""
+    """Image files under `directory` (`ghostface_keras.core.files.list_images`); none is an `ExportError`."""
     try:
         files = list_image_files(directory)
     except DataError as error:
@@ -29,7 +29,7 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
 
 
 def load_face_images(files: Sequence[Path], size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> np.ndarray:
-    """Read aligned RGB faces (`ghostface_keras.images`, the one reader) into a normalized float32
+    """Read aligned RGB faces (`ghostface_keras.core.images`, the one reader) into a normalized float32
     (N, H, W, 3) array, resized only if needed; an unreadable file is an `ExportError` naming it."""
     if size[0] != size[1]:
         raise ExportError(f"face images are square; got size {size}")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ghostface_keras.errors import ExportError
-from ghostface_keras.files import write_atomically
+from ghostface_keras.core.errors import ExportError
+from ghostface_keras.core.files import write_atomically
 from ghostface_keras.export.saved_model import _model_input_shape
 
 
@@ -78,6 +78,6 @@ def _round_up_resize_scales(model) -> int:
 
 def run_onnx(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Embeddings of normalized float32 `images` from an ONNX model (the runner of `ghostface_keras.load_model`)."""
-    from ghostface_keras.loading import load_model
+    from ghostface_keras.runtime.loading import load_model
 
     return load_model(path, identify=False, check=False).runner(images)

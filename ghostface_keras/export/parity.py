@@ -9,10 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ghostface_keras.embedding import EmbeddingFunction
-from ghostface_keras.errors import ExportError
-from ghostface_keras.export.runtime import tflite_latency_ms, tflite_op_names
-from ghostface_keras.numeric import row_cosines
+from ghostface_keras.runtime.embedding import EmbeddingFunction
+from ghostface_keras.core.errors import ExportError
+from ghostface_keras.runtime.litert import tflite_latency_ms, tflite_op_names
+from ghostface_keras.core.numeric import row_cosines
 
 # What "the same embeddings" means per export kind. The float32 exports differ from Keras only by
 # operation order (folded BN, fused kernels), so their max abs diff divided by the largest Keras
@@ -108,7 +108,7 @@ def check_parity(
 
     The format is taken from the path (folder = SavedModel, ``.onnx``, otherwise TFLite); thresholds
     come from `PARITY_THRESHOLDS`. Both sides run through the one embedding path
-    (`ghostface_keras.embedding.EmbeddingFunction.network`, no flip). Latency (TFLite only) is the median of
+    (`ghostface_keras.runtime.embedding.EmbeddingFunction.network`, no flip). Latency (TFLite only) is the median of
     `latency_repeats` invokes.
 
     Example:

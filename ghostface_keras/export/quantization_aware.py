@@ -44,7 +44,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from ghostface_keras.errors import ExportError
+from ghostface_keras.core.errors import ExportError
 from ghostface_keras.export.int8_rewrite import _average_pool_as_depthwise, folds_into_producer
 
 logger = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ def _set_ranges(quantizers, groups: _Groups, fixed, extremes, counts, percentile
 
 
 def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    from ghostface_keras.numeric import row_cosines
+    from ghostface_keras.core.numeric import row_cosines
 
     return float(row_cosines(np.asarray(a), np.asarray(b)).mean())
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ghostface_keras.errors import ExportError
-from ghostface_keras.files import atomic_output
-from ghostface_keras.preprocessing import normalize_images
+from ghostface_keras.core.errors import ExportError
+from ghostface_keras.core.files import atomic_output
+from ghostface_keras.core.preprocessing import normalize_images
 
 
 def _model_input_shape(model) -> tuple[int, int, int]:
@@ -79,6 +79,6 @@ def export_saved_model(
 def run_saved_model(directory: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Embeddings of normalized float32 `images` from the ``serving_default`` signature of a SavedModel
     (the runner of `ghostface_keras.load_model`)."""
-    from ghostface_keras.loading import load_model
+    from ghostface_keras.runtime.loading import load_model
 
     return load_model(directory, identify=False, check=False).runner(images)

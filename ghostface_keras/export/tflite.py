@@ -9,16 +9,16 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ghostface_keras.errors import ExportError, GhostFaceError
-from ghostface_keras.files import write_atomically
+from ghostface_keras.core.errors import ExportError, GhostFaceError
+from ghostface_keras.core.files import write_atomically
 from ghostface_keras.export.activation_ranges import clip_activation_ranges, quantize_with_best_percentile
 from ghostface_keras.export.equalize import equalize_channel_ranges
 from ghostface_keras.export.formats import QUANTIZATIONS
 from ghostface_keras.export.int8_rewrite import xnnpack_int8_equivalent
 from ghostface_keras.export.quantization_aware import is_quantization_aware
-from ghostface_keras.export.runtime import dynamic_tensor_names, tflite_op_names
+from ghostface_keras.runtime.litert import dynamic_tensor_names, tflite_op_names
 from ghostface_keras.export.saved_model import _write_saved_model
-from ghostface_keras.export.tflite_metadata import with_tflite_metadata
+from ghostface_keras.runtime.tflite_metadata import with_tflite_metadata
 
 # channel ranges are measured on this many calibration images (a max over them, like the converter's)
 EQUALIZATION_IMAGES = 64
@@ -107,7 +107,7 @@ def export_tflite(
             ``None`` keeps the converter's min/max.
         checkpoint: the released checkpoint these weights are (written into the file's metadata, so the file
             gets that checkpoint's verification threshold however it is quantized); default: recognized from
-            the weights of `model` (`ghostface_keras.loading.identify_checkpoint`), nothing written if none.
+            the weights of `model` (`ghostface_keras.runtime.loading.identify_checkpoint`), nothing written if none.
 
     A model from `quantization_aware_model` exports only as ``"int8"``: its own ranges become the int8
     scales as they are (no equalization, calibration or percentile), so the file computes what it
@@ -163,7 +163,7 @@ def export_tflite(
 
 def _recognized_checkpoint(model) -> str | None:
     """The released checkpoint `model` runs, from its float weights (None for your own models)."""
-    from ghostface_keras.loading import identify_checkpoint, load_model
+    from ghostface_keras.runtime.loading import identify_checkpoint, load_model
 
     try:
         found = identify_checkpoint(load_model(model, identify=False, check=False))

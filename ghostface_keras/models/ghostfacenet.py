@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from ghostface_keras.blocks import ActivationSpec, LayerSettings, gdc_head, renamed_arguments
-from ghostface_keras.models._weights import apply_weights
+from ghostface_keras.models.blocks import ActivationSpec, LayerSettings, gdc_head, renamed_arguments
+from ghostface_keras.weights.apply import apply_weights
 from ghostface_keras.models.ghostnet import ghostnet_features
 
 # The official GhostFaceNetV1 ends its last bottleneck and final conv at 512 * width channels

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import keras
 from keras import layers
 
-from ghostface_keras.blocks import (
+from ghostface_keras.models.blocks import (
     ActivationSpec,
     LayerSettings,
     activation_layer,
@@ -20,7 +20,7 @@ from ghostface_keras.blocks import (
     make_divisible,
     renamed_arguments,
 )
-from ghostface_keras.models._weights import apply_weights
+from ghostface_keras.weights.apply import apply_weights
 
 
 class GhostStage(NamedTuple):

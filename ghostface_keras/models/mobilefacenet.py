@@ -18,7 +18,7 @@ from typing import NamedTuple, Tuple
 
 import keras
 
-from ghostface_keras.blocks import (
+from ghostface_keras.models.blocks import (
     ActivationSpec,
     LayerSettings,
     activation_layer,
@@ -30,7 +30,7 @@ from ghostface_keras.blocks import (
     mobilefacenet_bottleneck,
     renamed_arguments,
 )
-from ghostface_keras.models._weights import apply_weights
+from ghostface_keras.weights.apply import apply_weights
 
 
 class BottleneckStage(NamedTuple):

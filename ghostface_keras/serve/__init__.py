@@ -1,0 +1,1 @@
+"""Serving a warm model: the JSON-lines request protocol behind `ghostface serve` (`protocol`)."""

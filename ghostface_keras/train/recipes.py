@@ -1,0 +1,450 @@
+"""Training recipes as library code: what `train.py` does, callable from Python with the same result.
+
+`TrainingConfig` is the plain data of a run (the CLI's options, one field each); `train(config)` runs it:
+cluster (devices, processes) -> data (this process's shard) -> model (from scratch or `init_from`) ->
+stages -> `Trainer.fit` -> files in `config.output` (process 0 only) -> optional TFLite export.
+
+The recipes themselves:
+
+* from scratch (`official_stages`): the official two-stage schedule, 1 epoch of ArcFace / CosFace at
+  s = 32 then s (default 64 with SGD), one LR schedule over all epochs; AdamW 2e-3 with s 32, m 0.3 when
+  no optimizer is given (SGD 0.1 / s 64 / m 0.5 is meant for millions of images and diverges on small sets);
+* fine-tuning (`init_from`): the head starts at the class-mean embeddings, a head-only stage at the base
+  LR, then everything at a tenth of it, with the pretrained BatchNorm statistics frozen.
+
+Example:
+    >>> config = TrainingConfig(data="faces/", model="GhostFaceNetV1-0.5-2", epochs=2, batch_size=16,
+    ...                         output="run")
+    >>> resolve_defaults(config).optimizer, config.lr, config.scale, config.margin
+    ('adamw', 0.002, 32.0, 0.3)
+    >>> result = train(config)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ghostface_keras.core.errors import DataError, GhostFaceError, ModelNameError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+DEMO_IDENTITIES, DEMO_IMAGES, DEMO_HELD_OUT = 80, 16, 40
+LOSSES = ("arcface", "cosface", "magface", "adaface")
+OPTIMIZERS = ("sgd", "adamw", "sam")
+SCHEDULES = ("cosine", "exponential", "step", "constant")
+# what a run's identity is: a resumed run must agree on these, or it is refused before anything is written
+RUN_IDENTITY = ("model", "init_from", "loss", "sub_centers", "data", "demo")
+
+
+@dataclass
+class TrainingConfig:
+    """Every setting of a training run (the options of `train.py`, with `_` for `-`). None = recipe default."""
+
+    data: str | None = None
+    model: str = "GhostFaceNetV1-1.3-2"
+    epochs: int = 20
+    batch_size: int = 128  # the global batch, over all devices of all processes
+    output: str = os.path.join("runs", "train")
+    loss: str = "arcface"
+    margin: float | None = None
+    scale: float | None = None
+    sub_centers: int = 1
+    optimizer: str | None = None
+    sam_rho: float = 0.05
+    partial_fc_rate: float = 1.0
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    augment: Any = "flip"
+    eval_bins: list = field(default_factory=list)
+    eval_every: int = 1
+    stop_at: float | None = None
+    mixed_precision: bool = False
+    init_from: str | None = None
+    freeze_backbone_epochs: int | None = None
+    resume: bool = False
+    seed: int = 0
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+    log_steps: bool = False
+    demo: bool = False
+    export_tflite: bool = False
+    devices: int | None = None
+    cpu_devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int = 1
+    process_id: int = 0
+    init_timeout: float = 300.0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        """A config from a dict of field values; unknown keys are refused with one line."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise GhostFaceError(f"unknown training options {unknown}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate(config: TrainingConfig) -> None:
+    """Refuse impossible settings with one line each, before anything is loaded or written."""
+    checks = [
+        (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"--batch-size must be >= 1, got {config.batch_size}"),
+        (config.lr is None or (np.isfinite(config.lr) and config.lr > 0), f"--lr must be > 0, got {config.lr}"),
+        (config.weight_decay is None or config.weight_decay >= 0,
+         f"--weight-decay must be >= 0, got {config.weight_decay}"),
+        (config.scale is None or config.scale > 0, f"--scale must be > 0, got {config.scale}"),
+        (config.sub_centers >= 1, f"--sub-centers must be >= 1, got {config.sub_centers}"),
+        (0.0 < config.partial_fc_rate <= 1.0, f"--partial-fc-rate must be in (0, 1], got {config.partial_fc_rate}"),
+        (not (config.partial_fc_rate < 1.0 and config.optimizer == "sam"),
+         "--partial-fc-rate < 1 cannot be combined with --optimizer sam"),
+        (config.sam_rho >= 0, f"--sam-rho must be >= 0, got {config.sam_rho}"),
+        (config.eval_every >= 1, f"--eval-every must be >= 1, got {config.eval_every}"),
+        (config.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {config.warmup_epochs}"),
+        (config.steps_per_execution >= 1, f"--steps-per-execution must be >= 1, got {config.steps_per_execution}"),
+        (config.loss in LOSSES, f"--loss must be one of {LOSSES}, got {config.loss!r}"),
+        (config.optimizer is None or config.optimizer in OPTIMIZERS,
+         f"--optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}"),
+        (config.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}, got {config.schedule!r}"),
+        (config.demo or bool(config.data), "--data is required (or use --demo)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise GhostFaceError(message)
+    _check_paths(config)
+
+
+def _check_paths(config: TrainingConfig) -> None:
+    """Missing data, checkpoints or .bin files and an unwritable --output, named in one line before anything
+    loads (the backend import alone takes seconds)."""
+    from ghostface_keras.core.files import check_input_paths, check_output_path
+    from ghostface_keras.runtime.loading import check_model_source
+
+    if not config.demo and not Path(config.data).exists():
+        raise DataError(f"--data {config.data}: no such file or directory")
+    check_input_paths((path, ".bin file") for path in config.eval_bins)
+    if config.init_from:
+        check_model_source(config.init_from)
+    check_output_path(config.output, "folder")
+
+
+def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
+    """Fill the optimizer, LR, scale and margin left unset, by recipe (see the module docstring); in place."""
+    if config.optimizer is None:
+        config.optimizer = "sgd" if config.init_from else "adamw"
+    adamw = config.optimizer == "adamw"
+    if config.lr is None:
+        config.lr = (1e-4 if config.init_from else 2e-3) if adamw else (0.01 if config.init_from else 0.1)
+    if config.scale is None:
+        config.scale = 32.0 if adamw else 64.0
+    if config.margin is None and adamw and config.loss == "arcface":
+        config.margin = 0.3
+    return config
+
+
+def official_stages(config: TrainingConfig, steps_per_epoch: int):
+    """`(stages, schedule)`: the official two-stage recipe from scratch, or the fine-tuning recipe.
+
+    Example:
+        >>> config = resolve_defaults(TrainingConfig(data="x", optimizer="sgd", epochs=5))
+        >>> stages, schedule = official_stages(config, steps_per_epoch=10)
+        >>> [(s["epochs"], s["loss"].scale) for s in stages]
+        [(1, 32.0), (4, 64.0)]
+    """
+    from ghostface_keras.train.schedules import HeadFirstSchedule, build_schedule
+    from ghostface_keras.train.losses import get_margin_loss
+    from ghostface_keras.train.optimizers import build_optimizer
+
+    finetune = bool(config.init_from)
+    inner = "sgd" if config.optimizer == "sam" else config.optimizer
+    lr = config.lr
+    decay = config.weight_decay if config.weight_decay is not None else (0.05 if inner == "adamw" else 5e-4)
+    rho = config.sam_rho if config.optimizer == "sam" else 0.0
+    freeze = config.freeze_backbone_epochs if config.freeze_backbone_epochs is not None else int(finetune)
+    freeze = min(freeze, config.epochs)
+    partial = {"partial_fc_rate": config.partial_fc_rate}
+
+    def loss(scale):
+        return get_margin_loss(config.loss, scale=scale, margin=config.margin)
+
+    stages = []
+    if freeze:
+        # Head only, at a higher LR: the backbone (and its BatchNorm statistics) stay exactly pretrained.
+        stages.append({"epochs": freeze, "loss": loss(config.scale), "freeze_backbone": True,
+                       "optimizer": build_optimizer(inner, lr, decay), **partial})
+    remaining = config.epochs - freeze
+    warm = int(not finetune and remaining >= 3 and config.loss in ("arcface", "cosface") and config.scale > 32)
+    if warm:
+        stages.append({"epochs": 1, "loss": loss(32.0), "optimizer": build_optimizer(inner, lr, decay),
+                       "sam_rho": rho, **partial})
+    if remaining - warm > 0:
+        stages.append({"epochs": remaining - warm, "loss": loss(config.scale), "sam_rho": rho,
+                       "optimizer": None if warm else build_optimizer(inner, lr, decay), **partial})
+    # Fine-tuning: the backbone epochs run at a tenth of the head-only LR.
+    schedule_lr = lr * 0.1 if finetune else lr
+    schedule = build_schedule(config.schedule, schedule_lr, steps_per_epoch, config.epochs,
+                              lr_min=min(1e-5, schedule_lr * 0.01), warmup_epochs=config.warmup_epochs)
+    if freeze:
+        schedule = HeadFirstSchedule(schedule, lr, freeze * steps_per_epoch)
+    return stages, schedule
+
+
+def fine_tuning_model(path: str | os.PathLike):
+    """A pretrained embedding model to fine-tune (anything `load_model` reads as Keras: official `.h5`, `.keras`,
+    a released checkpoint name), BatchNorm statistics frozen.
+
+    Small, single-domain fine-tuning batches would shift the pretrained BatchNorm statistics.
+    """
+    import keras
+
+    from ghostface_keras.runtime.loading import load_model
+
+    loaded = load_model(path, identify=False)
+    model = loaded.keras_model
+    if model is None:
+        raise GhostFaceError(f"--init-from {path}: a {loaded.format} file cannot be trained; give a .keras or .h5 "
+                             "model, or a released checkpoint name")
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return model
+
+
+def embedding_model(config: TrainingConfig):
+    """The model a run trains: `init_from` loaded for fine-tuning, else the registry model from scratch."""
+    from ghostface_keras.models.registry import create_model
+
+    if config.init_from:
+        return fine_tuning_model(config.init_from)
+    try:
+        return create_model(config.model, weight_decay=0.0)
+    except (KeyError, ValueError) as error:
+        raise ModelNameError(f"--model {config.model}: {error}") from error
+
+
+# ----------------------------------------------------------------------------------------------- data
+def training_data(config: TrainingConfig, shard: dict | None = None):
+    """`(dataset, num_classes, pair_sets)` of a run: this process's shard of the global batches."""
+    shard = shard or {}
+    if config.demo:
+        return demo_data(config.batch_size, config.seed, **shard)
+    from ghostface_keras.data import image_folder_dataset, load_bin, recordio_dataset
+
+    path = Path(config.data)
+    if not path.exists():
+        raise DataError(f"--data {path}: no such file or directory")
+    is_rec = path.suffix == ".rec" or (path.is_dir() and (path / "train.rec").is_file())
+    reader = recordio_dataset if is_rec else image_folder_dataset
+    augment = int(config.augment) if str(config.augment).isdigit() else config.augment
+    dataset = reader(path, batch_size=config.batch_size, augment=augment, seed=config.seed, drop_remainder=True,
+                     **shard)
+    pair_sets = {Path(b).stem: load_bin(b) for b in config.eval_bins}
+    return dataset, dataset.num_classes, pair_sets
+
+
+def demo_data(batch_size: int, seed: int, num_shards: int = 1, shard_index: int = 0):
+    """Synthetic identities: DEMO_IDENTITIES for training, DEMO_HELD_OUT other ones as verification pairs."""
+    from ghostface_keras.data import ImageSource, build_dataset
+    from ghostface_keras.data.synthetic import render_synthetic_faces
+
+    logger.info("drawing %d synthetic identities x %d images", DEMO_IDENTITIES, DEMO_IMAGES)
+    images, labels = render_synthetic_faces(DEMO_IDENTITIES, DEMO_IMAGES, seed=seed)
+    held_out, held_labels = render_synthetic_faces(DEMO_HELD_OUT, 10, seed=seed, first_identity=DEMO_IDENTITIES)
+    pairs = _verification_pairs(held_out, held_labels, np.random.default_rng(seed))
+    # through the one input pipeline (sharding, per-image keyed flips): PNG is lossless, so decoding gives
+    # back exactly these pixels
+    encoded = [_png_bytes(image) for image in images]
+    source = ImageSource("synthetic faces", np.asarray(labels), [str(k) for k in range(DEMO_IDENTITIES)],
+                         encoded.__getitem__, lambda i: f"synthetic face {i}")
+    dataset = build_dataset(source, batch_size, augment="flip", seed=seed, drop_remainder=True,
+                            num_shards=num_shards, shard_index=shard_index)
+    return dataset, DEMO_IDENTITIES, {"synthetic_held_out": pairs}
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _verification_pairs(images, labels, rng):
+    """Equal numbers of same / different identity pairs, laid out as rows (2i, 2i+1) like a .bin."""
+    by_label = {label: np.flatnonzero(labels == label) for label in np.unique(labels)}
+    first, second, issame = [], [], []
+    for label, members in by_label.items():
+        for _ in range(6):
+            a, b = rng.choice(members, 2, replace=False)
+            other = rng.choice([k for k in by_label if k != label])
+            first += [a, a]
+            second += [b, rng.choice(by_label[other])]
+            issame += [True, False]
+    order = np.stack([first, second], axis=1).reshape(-1)
+    return images[order], np.array(issame)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+@dataclass
+class TrainingResult:
+    """What `train` did: the history records, the output folder, the exported TFLite file (or None)."""
+
+    records: list
+    output: Path
+    exported: Path | None
+    process_id: int = 0
+    num_processes: int = 1
+    fingerprint: str = ""  # `distribution.weights_fingerprint` of the final weights: equal on every process
+
+
+def train(config: TrainingConfig) -> TrainingResult:
+    """Run a training as `train.py` does (every option is a field of `config`); see the module docstring.
+
+    In a multi-process run (JAX backend: `coordinator`, `num_processes`, `process_id`) call it in every
+    process with the same config; `batch_size` is the global batch and process 0 writes every file.
+    """
+    from ghostface_keras.core.distribution import LostProcessError, setup_cluster, use_cpu_devices
+
+    validate(config)
+    resolve_defaults(config)
+    if config.cpu_devices:
+        use_cpu_devices(config.cpu_devices)
+    cluster = setup_cluster(config.devices, config.coordinator, config.num_processes, config.process_id,
+                            config.init_timeout)
+    from ghostface_keras.data.pipeline import pipeline_errors_in_one_line
+
+    try:
+        with pipeline_errors_in_one_line():  # a corrupt dataset found mid-epoch: its one line, not tf.data's
+            return _train_in(cluster, config)
+    except Exception as error:
+        if cluster.num_processes > 1 and _collective_failure(error):
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise LostProcessError(
+                f"process {cluster.process_id} of {cluster.num_processes}: a step across processes failed, most "
+                f"likely another process died or was stopped ({first[:240]}); the last finished epoch is in "
+                f"{config.output}: restart every process with --resume") from error
+        raise
+
+
+def _collective_failure(error: BaseException) -> bool:
+    """An error of a step or transfer between processes (JAX raises XLA runtime errors, and some helpers
+    re-raise them as ValueError with the collective library's message)."""
+    text = str(error)
+    return (type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+            or any(word in text for word in ("Gloo", "NCCL", "UNAVAILABLE:", "DEADLINE_EXCEEDED:")))
+
+
+def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
+    import keras
+
+    from ghostface_keras.core.distribution import agree_on_writer_check, broadcast_from_writer, weights_fingerprint
+    from ghostface_keras.train.trainer import STATE_FILE, Trainer, class_mean_embeddings, prepare_output_dir
+
+    cluster.check_batch_size(config.batch_size)
+    output = Path(config.output)
+    agree_on_writer_check(lambda: prepare_output_dir(output))
+    resuming = bool(broadcast_from_writer(config.resume and (output / STATE_FILE).is_file()))
+    if config.resume and not resuming:
+        logger.warning("--resume: no training state in %s, starting from scratch", output)
+    if resuming:
+        agree_on_writer_check(lambda: _check_same_run(output, config))
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    train_data, num_classes, pair_sets = training_data(config, cluster.shard)
+    steps = int(train_data.cardinality())
+    if steps <= 0:
+        raise GhostFaceError(f"{config.data}: fewer images than one batch of {config.batch_size}")
+    # jit_compile: JAX runs a step op by op without it (thousands of tiny compilations); TensorFlow traces a
+    # graph either way and uses XLA only when asked.
+    with cluster.scope():
+        model = embedding_model(config)
+        trainer = Trainer(model, train_data, num_classes, output, schedule=None, steps_per_epoch=steps,
+                          pair_sets=pair_sets, eval_every=config.eval_every, sub_centers=config.sub_centers,
+                          cluster=cluster, steps_per_execution=config.steps_per_execution,
+                          jit_compile=bool(config.jit_compile) or cluster.backend == "jax",
+                          stop_at_accuracy=config.stop_at, log_steps=config.log_steps)
+        stages, trainer.schedule = official_stages(config, steps)
+    if resuming:
+        trainer.restore()  # refuses another model before the run's files change
+    elif config.init_from:
+        logger.info("initializing the head at the class-mean embeddings")
+        trainer.initialize_head(class_mean_embeddings(model, train_data, num_classes))
+    if cluster.is_writer:
+        from ghostface_keras.core.files import write_atomically
+
+        write_atomically(output / CONFIG_FILE, json.dumps(config.to_dict(), indent=1))
+    records = trainer.fit(stages)
+    exported = None
+    if config.export_tflite and cluster.is_writer:
+        exported = export_tflite_file(output / "model.keras", output / "model.tflite")
+    return TrainingResult(records, output, exported, cluster.process_id, cluster.num_processes,
+                          weights_fingerprint(model))
+
+
+def _check_same_run(output: Path, config: TrainingConfig) -> None:
+    """A resumed run must be the same run: the model, data and loss it was started with."""
+    path = output / CONFIG_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no readable config: the training state's own shape checks still guard the weights
+    changed = [f"--{key.replace('_', '-')} {saved.get(key)!r} -> {getattr(config, key)!r}"
+               for key in RUN_IDENTITY if key in saved and saved.get(key) != getattr(config, key)]
+    if changed:
+        raise GhostFaceError(f"--resume {output}: the run was started with other settings ({'; '.join(changed)}): "
+                             "resume with the same ones, or train into another --output")
+
+
+_EXPORT_SCRIPT = """
+import sys, keras
+from ghostface_keras.export import export_tflite
+print(export_tflite(keras.saving.load_model(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def export_tflite_file(model_path: Path, tflite_path: Path) -> Path | None:
+    """Export a trained `.keras` to TFLite; a failure is logged, not raised (the `.keras` is the deliverable).
+
+    TFLite conversion needs the TensorFlow backend: from another backend it runs in a TensorFlow child process.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        from ghostface_keras.export import export_tflite
+
+        try:
+            return export_tflite(keras.saving.load_model(str(model_path)), tflite_path)
+        except GhostFaceError as error:
+            logger.warning("TFLite export failed (%s is kept): %s", model_path, error)
+            return None
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    done = subprocess.run([sys.executable, "-c", _EXPORT_SCRIPT, str(model_path), str(tflite_path)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        logger.warning("TFLite export failed (%s is kept): %s", model_path, lines[-1] if lines else done.returncode)
+        return None
+    return tflite_path
+
+
+__all__ = ["TrainingConfig", "TrainingResult", "official_stages", "resolve_defaults", "train", "validate",
+           "fine_tuning_model", "training_data", "demo_data", "export_tflite_file"]
