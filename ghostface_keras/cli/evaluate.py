@@ -117,7 +117,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         ghostface_keras.core.errors.DataError: nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes
     """
     from ghostface_keras.core.files import check_input_paths, check_output_path
-    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.weights.checkpoints import check_model_source
 
     if not (args.bins or args.ijb or args.rfw or args.folder or args.gallery or args.probes):
         raise DataError("nothing to evaluate: give --bins, --ijb, --rfw, --folder and/or --gallery/--probes")

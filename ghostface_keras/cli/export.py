@@ -75,7 +75,7 @@ def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
     """Refuse bad option combinations, missing inputs and an unwritable --output before TensorFlow or the
     model loads; returns the LiteRT thread counts."""
     from ghostface_keras.core.files import check_input_paths, check_output_path
-    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.weights.checkpoints import check_model_source
 
     if args.format != "tflite" and args.quantization != "none":
         raise ExportError(f"--quantization {args.quantization} applies to --format tflite only")

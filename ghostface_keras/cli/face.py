@@ -96,7 +96,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     """Refuse bad arguments before the model loads (seconds), in one line naming the file."""
     from ghostface_keras.core.errors import DataError
     from ghostface_keras.core.files import check_input_paths, check_output_path
-    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.weights.checkpoints import check_model_source
 
     photos = {"verify": lambda: [args.image_a, args.image_b], "embed": lambda: args.images,
               "identify": lambda: [args.probe]}[args.command]()

@@ -74,7 +74,7 @@ def _check_inputs(args: argparse.Namespace) -> Any:
     from ghostface_keras.faces.detectors import DETECTORS
     from ghostface_keras.core.errors import DataError
     from ghostface_keras.core.files import check_input_paths
-    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.weights.checkpoints import check_model_source
 
     if args.detector.lower() not in {*DETECTORS, "none"}:
         raise DataError(f"{args.detector}: unknown detector; expected one of {', '.join(sorted(DETECTORS))} or none")

@@ -66,7 +66,7 @@ def _check_inputs(args: argparse.Namespace) -> Any:
     gallery when it is a .npz (read without TensorFlow), else None."""
     from ghostface_keras.core.errors import DataError
     from ghostface_keras.core.files import check_output_path
-    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.weights.checkpoints import check_model_source
     from ghostface_keras.faces.video import VIDEO_CODECS, FrameSource
 
     if args.output_video and Path(args.output_video).suffix.lower() not in VIDEO_CODECS:

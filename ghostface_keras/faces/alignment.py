@@ -15,7 +15,8 @@ nose tip, mouth corner on the image's left, mouth corner on the image's right. C
 pixel-centre based ((0, 0) is the centre of the top-left pixel), like OpenCV and scikit-image.
 
 Example:
-    >>> from ghostface_keras.faces.alignment import align_face, load_rgb_image
+    >>> from ghostface_keras.core.images import load_rgb_image
+    >>> from ghostface_keras.faces.alignment import align_face
     >>> from ghostface_keras.faces.mtcnn import MTCNNDetector
     >>> image = load_rgb_image("photo.jpg")          # doctest: +SKIP
     >>> face = MTCNNDetector().detect(image)[0]      # doctest: +SKIP

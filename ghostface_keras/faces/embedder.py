@@ -36,9 +36,8 @@ import numpy as np
 from PIL import Image
 
 from ghostface_keras.faces.detectors import DEFAULT_DETECTOR, get_detector
-from ghostface_keras.core.images import ImageInput, load_rgb_image
+from ghostface_keras.core.images import ImageInput, describe_image, load_rgb_image
 from ghostface_keras.faces.alignment import DetectedFace, FaceDetector, align_face
-from ghostface_keras.core.images import describe_image
 from ghostface_keras.runtime.embedding import EmbeddingFunction
 from ghostface_keras.core.errors import DataError, GhostFaceError, NoFaceError
 from ghostface_keras.core.files import list_images, load_npz, write_atomically

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ghostface_keras.faces.alignment import align_face, arcface_template, estimate_similarity_transform, load_rgb_image
+from ghostface_keras.core.images import load_rgb_image
+from ghostface_keras.faces.alignment import align_face, arcface_template, estimate_similarity_transform
 from ghostface_keras.core.errors import DataError, GhostFaceError
 from ghostface_keras.core.files import atomic_output
 from ghostface_keras.faces.tracking import IoUTracker, Track  # noqa: F401 - Track: part of this module's API

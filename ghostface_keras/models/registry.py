@@ -187,7 +187,7 @@ def create_model(name: str, pretrained: Union[bool, str, os.PathLike] = False, *
     Args:
         name: a registered name (`list_models()`), case-insensitive.
         pretrained: `False` (random initialization); `True`, the released checkpoint of this model
-            (the best reported one, `ghostface_keras.models.pretrained.get_checkpoint(name)`; downloaded once and
+            (the best reported one, `ghostface_keras.weights.checkpoints.get_checkpoint(name)`; downloaded once and
             cached); or a checkpoint name (`list_pretrained()`) or the path of a `.keras`, Keras-3
             `.weights.h5` or official `.h5` file. Loaded through the builder's `weights=`.
         **overrides: builder arguments replacing the registered configuration.
@@ -221,15 +221,16 @@ def create_model(name: str, pretrained: Union[bool, str, os.PathLike] = False, *
         raise TypeError(f"pretrained must be a bool, a checkpoint name or a path, got {type(pretrained).__name__}")
     from ghostface_keras.weights.checkpoints import find_checkpoint
 
-    if not os.path.exists(pretrained) and find_checkpoint(os.fspath(pretrained)) is not None:
+    source = os.fspath(pretrained)
+    if not os.path.exists(source) and find_checkpoint(source) is not None:
         # a released checkpoint: its cached conversion (downloaded and converted once), copied by layer name
         from ghostface_keras.models.pretrained import load_pretrained
         from ghostface_keras.weights.apply import copy_by_name
 
         model = spec.build(**overrides)
-        copy_by_name(load_pretrained(os.fspath(pretrained)), model, os.fspath(pretrained))
+        copy_by_name(load_pretrained(source), model, source)
         return model
-    return spec.build(weights=pretrained, **overrides)
+    return spec.build(weights=source, **overrides)
 
 
 def model_zoo_table(names: Optional[List[str]] = None) -> List[Dict[str, Any]]:

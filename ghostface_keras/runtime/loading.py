@@ -40,6 +40,7 @@ import numpy as np
 
 from ghostface_keras.weights.checkpoints import (
     Checkpoint,
+    check_model_source,
     checkpoint_threshold,
     find_checkpoint,
     match_signature,
@@ -52,7 +53,6 @@ from ghostface_keras.weights.keras_files import first_line, is_official_h5, read
 
 logger = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
 MIN_EMBEDDING_SIZE = 32
 MAX_EMBEDDING_SIZE = 8192
 FACE_NORMALIZATION = "(x - 127.5) / 128, RGB"
@@ -154,30 +154,6 @@ def identify_checkpoint(loaded: LoadedModel) -> Optional[Checkpoint]:
     if checkpoint is not None:
         logger.info("%s: recognized as the released checkpoint %s", loaded.source, checkpoint.name)
     return checkpoint
-
-
-def check_model_source(source: str | os.PathLike) -> None:
-    """Refuse, in one line and without loading anything, a model argument that cannot be loaded: a missing
-    file, or a name that is neither a file nor a released checkpoint. Commands call it before slow work.
-
-    Example:
-        >>> check_model_source("GhostFaceNetV1-0.5-2")      # a released checkpoint name: fine
-        >>> check_model_source("runs/missing/model.keras")
-        Traceback (most recent call last):
-        ...
-        ghostface_keras.core.errors.ModelLoadError: runs/missing/model.keras: model file not found
-    """
-    from ghostface_keras.weights.checkpoints import list_pretrained
-
-    source = str(source)
-    path = Path(source)
-    if path.exists():
-        return
-    if path.suffix.lower() in MODEL_SUFFIXES or os.sep in source or "/" in source:
-        raise ModelLoadError(f"{source}: model file not found")
-    if find_checkpoint(source) is None:
-        raise ModelLoadError(f"{source}: no such model file, and no released checkpoint has that name "
-                             f"(known: {', '.join(list_pretrained())})")
 
 
 def _load_source(source: str, check: bool) -> tuple[LoadedModel, Optional[Checkpoint]]:

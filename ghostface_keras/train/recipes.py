@@ -134,7 +134,7 @@ def _check_paths(config: TrainingConfig) -> None:
     """Missing data, checkpoints or .bin files and an unwritable --output, named in one line before anything
     loads (the backend import alone takes seconds)."""
     from ghostface_keras.core.files import check_input_paths, check_output_path
-    from ghostface_keras.runtime.loading import check_model_source
+    from ghostface_keras.weights.checkpoints import check_model_source
 
     if not config.demo and not Path(config.data).exists():
         raise DataError(f"--data {config.data}: no such file or directory")

@@ -59,15 +59,11 @@ def _fill_from(path: str, model: keras.Model) -> None:
 
     label = path
     if not os.path.exists(path):
-        if path.lower().endswith(FILE_SUFFIXES) or os.sep in path or "/" in path:
-            raise ModelLoadError(f"{path}: model file not found")
-        from ghostface_keras.weights.checkpoints import find_checkpoint, list_pretrained
+        from ghostface_keras.weights.checkpoints import check_model_source
         from ghostface_keras.weights.download import fetch_checkpoint
 
-        if find_checkpoint(path) is None:
-            raise ModelLoadError(f"{path}: no such model file, and no released checkpoint has that name "
-                                 f"(known: {', '.join(list_pretrained())})")
-        label, path = path, fetch_checkpoint(path)
+        check_model_source(path)  # a missing file, or a name that is no released checkpoint: one line
+        path = fetch_checkpoint(path)
     elif not path.lower().endswith(FILE_SUFFIXES):
         raise ModelLoadError(f"{path}: unknown weights format (expected .keras, .h5, .weights.h5 or a released "
                              "checkpoint name)")

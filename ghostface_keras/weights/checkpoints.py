@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -31,6 +32,8 @@ FALLBACK_THRESHOLD = 0.30
 # weights stay above 0.97.
 SIGNATURE_MATCH = 0.9
 SIGNATURE_SIZE = 64
+# files the one loader reads (a SavedModel is a folder): a missing path with one of these is a missing file
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".tflite", ".onnx")
 
 
 def canonical_name(name: str) -> str:
@@ -227,3 +230,26 @@ def match_signature(signature: np.ndarray) -> Optional[Checkpoint]:
 def rounded_signature(signature: Sequence[float]) -> Tuple[float, ...]:
     """The signature as it is written in `CHECKPOINTS` (4 decimals)."""
     return tuple(round(float(value), 4) for value in signature)
+
+
+def check_model_source(source: "str | os.PathLike") -> None:
+    """Refuse, in one line and without loading anything, a model argument that cannot be loaded: a missing
+    file, or a name that is neither a file nor a released checkpoint. Commands call it before slow work.
+
+    Example:
+        >>> check_model_source("GhostFaceNetV1-0.5-2")      # a released checkpoint name: fine
+        >>> check_model_source("runs/missing/model.keras")
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.core.errors.ModelLoadError: runs/missing/model.keras: model file not found
+    """
+    from ghostface_keras.core.errors import ModelLoadError
+
+    source = str(source)
+    if os.path.exists(source):
+        return
+    if os.path.splitext(source)[1].lower() in MODEL_SUFFIXES or os.sep in source or "/" in source:
+        raise ModelLoadError(f"{source}: model file not found")
+    if find_checkpoint(source) is None:
+        raise ModelLoadError(f"{source}: no such model file, and no released checkpoint has that name "
+                             f"(known: {', '.join(list_pretrained())})")
