@@ -14,7 +14,8 @@ import importlib.machinery
 import sys
 import types
 import warnings
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 # old module -> its new home(s); one home: an alias, several: a view searched in order
 MOVED: dict[str, tuple[str, ...]] = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 from pathlib import Path
 
@@ -12,14 +14,61 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Test modules whose tests train end to end in child processes (train CLI on both backends, JAX multi-process)
-# or export real-size models (the documented export claims): the `large` tier, 1,137 of the default suite's
-# 1,819 test-seconds at 66a89ae. Nothing in them is dropped: .ci/run runs this tier on every submission.
+# or export real-size models (the documented export claims): wholly in the `large` tier.
 LARGE_MODULES = {"test_train_cli.py", "test_export_claims.py"}
+# Fixtures that stand for real-size work: a test that asks for one is in the `large` tier.
+LARGE_FIXTURES = {"released", "twins"}
+# What starting a child process looks like in test code
+_CHILD_PROCESS_NAMES = {"subprocess", "multiprocessing", "executable"}
+
+
+def _names_in(node: ast.AST) -> set[str]:
+    names = set()
+    for child in ast.walk(node):
+        if isinstance(child, ast.Name):
+            names.add(child.id)
+        elif isinstance(child, ast.Attribute):
+            names.add(child.attr)
+    return names
+
+
+def child_process_functions(source: str) -> set[str]:
+    """Names of the module-level functions (tests, helpers, fixtures) of a test module that start a child
+    process, directly or through another function of the module: their tests go to the `large` tier.
+
+    A fixture counts when a test asks for it by name, so a test whose fixture runs a command is large too.
+    """
+    functions = {node.name: node for node in ast.parse(source).body
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    uses = {name: _names_in(node) | {arg.arg for arg in node.args.args} for name, node in functions.items()}
+    spawning = {name for name, names in uses.items() if names & _CHILD_PROCESS_NAMES}
+    while True:
+        grown = spawning | {name for name, names in uses.items() if names & spawning}
+        if grown == spawning:
+            return spawning
+        spawning = grown
+
+
+@functools.lru_cache(maxsize=None)
+def _spawning_in(path: Path) -> frozenset[str]:
+    return frozenset(child_process_functions(path.read_text()))
+
+
+def is_large(item) -> bool:
+    """The `large` tier, chosen from what a test uses: a large module, a real-size fixture, or a child
+    process (its own code, a helper of its module or a fixture that starts one)."""
+    if item.path.name in LARGE_MODULES or LARGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    if not item.path.name.startswith("test_"):
+        return False
+    function = getattr(item, "originalname", None) or item.name.split("[")[0]
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(_spawning_in(item.path) & ({function} | fixtures))
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in LARGE_MODULES:
+        if is_large(item):
             item.add_marker(pytest.mark.large)
 
 

@@ -114,11 +114,12 @@ def test_blocks_and_create_model_accept_the_old_names():
 
 # ------------------------------------------------------------------------------------------ weights= from files
 
+# MobileFaceNet in the default tier; the GhostFaceNetV2 and GhostNet cases (10-13 s each) in the large tier
 @pytest.mark.parametrize("builder, suffix", [
-    (g.GhostFaceNetV2, ".keras"),
-    (g.GhostFaceNetV2, ".weights.h5"),
+    pytest.param(g.GhostFaceNetV2, ".keras", marks=pytest.mark.large),
+    pytest.param(g.GhostFaceNetV2, ".weights.h5", marks=pytest.mark.large),
     (g.MobileFaceNet, ".weights.h5"),
-    (lambda **kw: g.GhostNetV1(num_classes=7, **kw), ".keras"),
+    pytest.param(lambda **kw: g.GhostNetV1(num_classes=7, **kw), ".keras", marks=pytest.mark.large),
 ])
 def test_weights_file_round_trips_exact_weights(builder, suffix, tmp_path):
     original = _randomize(builder(**SMALL))

@@ -72,7 +72,10 @@ def _assert_shards_make_the_global_batches(make, num_shards, epochs=2):
 
 @pytest.mark.parametrize(
     "num_shards, cache, augment",
-    [(2, True, 3), (4, False, 3), (2, False, RANDAUGMENT), (4, True, RANDAUGMENT)],
+    # one case in the default tier; the others (5-15 s each on 2 cores) in the large tier
+    [pytest.param(2, True, 3, marks=pytest.mark.large), (4, False, 3),
+     pytest.param(2, False, RANDAUGMENT, marks=pytest.mark.large),
+     pytest.param(4, True, RANDAUGMENT, marks=pytest.mark.large)],
     ids=["2-memory-level3", "4-fly-level3", "2-fly-randaugment", "4-memory-randaugment"],
 )
 def test_shards_concatenate_to_the_unsharded_batches(faces, num_shards, cache, augment):
@@ -136,6 +139,7 @@ def test_a_shard_decodes_only_its_own_items(faces):
     assert sorted(read) == sorted(epoch_order[[6, 7, 14, 15, 22, 23]].tolist())
 
 
+@pytest.mark.large  # two epochs of two full pipelines with parallel maps: ~15 s on 2 cores
 def test_seeded_pipeline_repeats_exactly_with_parallel_maps(faces):
     def run(threads=None):
         dataset = image_folder_dataset(faces, batch_size=8, augment=RANDAUGMENT, seed=9, cache=False)

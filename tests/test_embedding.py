@@ -15,7 +15,7 @@ from ghostface_keras.core.preprocessing import normalize_images  # noqa: E402
 SIZE = 32
 
 
-def _tiny_model(seed: int = 0) -> "keras.Model":
+def _tiny_model(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(inputs)

@@ -96,7 +96,7 @@ def test_every_reader_of_image_folders_sees_the_same_files(tmp_path):
     from ghostface_keras.faces.align_folder import list_images as align_list
     from ghostface_keras.data import scan_image_folder
     from ghostface_keras.evaluation import list_identity_folder
-    from ghostface_keras.export.images import list_images as export_list
+    from ghostface_keras.export import list_images as export_list
 
     for index, extension in enumerate((".jpg", ".png", ".bmp", ".tif", ".webp", ".gif", ".ppm")):
         path = tmp_path / f"id{index % 2}" / f"{index}{extension}"
@@ -109,3 +109,21 @@ def test_every_reader_of_image_folders_sees_the_same_files(tmp_path):
     assert sorted(str(Path(path).relative_to(tmp_path)) for path in list_identity_folder(tmp_path)[0]) == expected
     index = scan_image_folder(tmp_path)
     assert sorted(str(Path(path).relative_to(tmp_path)) for path in index.paths) == expected
+
+
+def test_training_and_evaluation_label_an_identity_folder_alike(tmp_path):
+    """One scanner: natural order (9 before 10), empty and hidden identity folders get no label."""
+    from PIL import Image
+
+    from ghostface_keras.data import scan_image_folder
+    from ghostface_keras.evaluation import list_identity_folder
+
+    for name in ("10", "9", "empty", ".hidden", "a2", "a10"):
+        (tmp_path / name).mkdir()
+        if name != "empty":
+            Image.new("RGB", (8, 8)).save(tmp_path / name / "x.png")
+    paths, labels, names = list_identity_folder(tmp_path)
+    assert names == ["9", "10", "a2", "a10"] and labels.tolist() == [0, 1, 2, 3]
+    index = scan_image_folder(tmp_path)
+    assert (index.class_names, index.labels.tolist()) == (names, labels.tolist())
+    assert [Path(path) for path in index.paths] == paths

@@ -55,7 +55,9 @@ def _best_threshold_accuracy(similarities: np.ndarray, same: np.ndarray) -> tupl
     return accuracies[best], float(candidates[best])
 
 
-@pytest.mark.parametrize("detector", ["blazeface", pytest.param("mtcnn", marks=pytest.mark.slow)])
+# the released real-size checkpoint on 300 real photo pairs: large tier (BlazeFace) and slow tier (MTCNN)
+@pytest.mark.parametrize("detector", [pytest.param("blazeface", marks=pytest.mark.large),
+                                      pytest.param("mtcnn", marks=pytest.mark.slow)])
 def test_official_checkpoint_on_deepface_pairs(data_dir, detector):
     """Must-show: detection coverage and best-threshold accuracy of GN_W0.5 on unaligned real photos, with the
     default detector (BlazeFace, seconds) and MTCNN (slow).

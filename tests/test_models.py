@@ -218,6 +218,11 @@ def test_readme_model_zoo_table_is_the_registry():
     assert sorted(table) == sorted(g.list_models())
     assert table["MobileFaceNet"] == g.MobileFaceNet().count_params()
     assert table["GhostFaceNetV2-1.3-2"] == 6839104
+    # the reported and weights columns are the registry's (which reads them from the checkpoint table)
+    for cells in (cells for cells in rows if cells[1].strip()[0].isdigit()):
+        spec = g.get_model_spec(cells[0].strip())
+        reported = ", ".join(f"{k} {v:g}" for k, v in spec.reported.items()) or "-"
+        assert (cells[4].strip(), cells[5].strip()) == (reported, spec.pretrained or "-"), cells[0]
 
 
 def test_zoo_command_prints_the_registry_rows(capsys):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -9,9 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ghostface_keras.core.errors import GhostFaceError
 from ghostface_keras.train.heads import NormDense
-from ghostface_keras.train.losses import ArcFace
+from ghostface_keras.train.losses import ArcFace, CosFace
 from ghostface_keras.train.partial_fc import PartialFCModel, sample_classes, sampled_class_count
 from ghostface_keras.train.trainer import Stage, Trainer
 
@@ -127,15 +130,110 @@ def _conv_embedding():
     return keras.Model(inputs, keras.layers.Dense(8)(hidden))
 
 
-def test_trainer_partial_fc_stage_lowers_the_loss_and_refuses_sam(tmp_path):
-    trainer = Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path / "run", verbose=0)
-    records = trainer.fit([Stage(4, ArcFace(scale=16, margin=0.2), keras.optimizers.Adam(0.01), partial_fc_rate=0.5)])
-    losses = [r["loss"] for r in records]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert isinstance(trainer.model, PartialFCModel) and trainer.model.num_sampled == 16
-    with pytest.raises(GhostFaceError, match="partial FC"):
-        Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path / "sam", verbose=0).fit(
-            [Stage(1, ArcFace(scale=16), keras.optimizers.SGD(0.1), sam_rho=0.05, partial_fc_rate=0.5)])
+def test_trainer_partial_fc_stage_lowers_the_loss_alone_and_with_sam(tmp_path):
+    for name, rho in (("pfc", 0.0), ("sam", 0.05)):
+        trainer = Trainer(_conv_embedding(), _many_class_data(), 32, tmp_path / name, verbose=0)
+        records = trainer.fit([Stage(4, ArcFace(scale=16, margin=0.2), keras.optimizers.Adam(0.01),
+                                     partial_fc_rate=0.5, sam_rho=rho)])
+        losses = [r["loss"] for r in records]
+        assert all(np.isfinite(losses)) and losses[-1] < losses[0], name
+        assert isinstance(trainer.model, PartialFCModel) and trainer.model.num_sampled == 16
+        assert trainer.model.sam_rho == rho
+
+
+# ------------------------------------------------------------------ SAM + partial FC in one step, vs numpy
+SAM_PFC = {"classes": 10, "rate": 0.5, "scale": 8.0, "margin": 0.2, "rho": 0.05, "lr": 0.5}
+
+
+def one_sam_partial_fc_step() -> dict:
+    """One SAM + partial FC step of a linear embedding on the current Keras backend: the weights before and
+    after and the reported loss (the JAX case runs this same function in a child process)."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 6)).astype("float32")
+    labels = np.array([1, 4, 4, 7], dtype="int32")
+    embedding = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, use_bias=False)])
+    head = NormDense(SAM_PFC["classes"])
+    head.build((None, 4))
+    before = {"embedding": np.asarray(embedding.weights[0].numpy(), "float64").tolist(),
+              "head": np.asarray(head.kernel.numpy(), "float64").tolist()}
+    model = PartialFCModel(embedding, head, sample_rate=SAM_PFC["rate"], seed=3, sam_rho=SAM_PFC["rho"])
+    model.compile(optimizer=keras.optimizers.SGD(SAM_PFC["lr"]),
+                  loss=CosFace(scale=SAM_PFC["scale"], margin=SAM_PFC["margin"]))
+    loss = model.fit(x, labels, batch_size=4, epochs=1, verbose=0, shuffle=False).history["loss"][0]
+    return {"x": x.tolist(), "labels": labels.tolist(), "before": before, "loss": float(loss),
+            "after": {"embedding": np.asarray(embedding.weights[0].numpy(), "float64").tolist(),
+                      "head": np.asarray(head.kernel.numpy(), "float64").tolist()}}
+
+
+def _cosface_loss(params, x, labels, sampled):
+    """CosFace over the sampled head columns, in float64 numpy: the independent reference."""
+    embedding, head = params
+    e = x @ embedding
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    columns = head[:, sampled] / np.linalg.norm(head[:, sampled], axis=0, keepdims=True)
+    cosines = e @ columns
+    targets = np.searchsorted(sampled, labels)
+    logits = SAM_PFC["scale"] * cosines
+    logits[np.arange(len(x)), targets] -= SAM_PFC["scale"] * SAM_PFC["margin"]
+    top = logits.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+    return float(np.mean(log_sum - logits[np.arange(len(x)), targets]))
+
+
+def _numeric_gradient(function, params, step=1e-6):
+    gradients = []
+    for index, param in enumerate(params):
+        gradient = np.zeros_like(param)
+        for position in np.ndindex(param.shape):
+            shifted = [p.copy() for p in params]
+            shifted[index][position] += step
+            up = function(shifted)
+            shifted[index][position] -= 2 * step
+            gradient[position] = (up - function(shifted)) / (2 * step)
+        gradients.append(gradient)
+    return gradients
+
+
+def check_sam_partial_fc_step(result: dict) -> None:
+    """SAM over the sampled classes, recomputed in numpy from the weights before the step: g at w, ascent to
+    w + rho g / ||g|| (norm over every trainable weight), g there, SGD; unsampled columns must not move."""
+    x, labels = np.array(result["x"], "float64"), np.array(result["labels"])
+    params = [np.array(result["before"]["embedding"]), np.array(result["before"]["head"])]
+    after = [np.array(result["after"]["embedding"]), np.array(result["after"]["head"])]
+    sampled = np.flatnonzero(np.abs(after[1] - params[1]).max(axis=0) > 0)
+    assert set(labels.tolist()) <= set(sampled.tolist())
+    assert len(sampled) == sampled_class_count(SAM_PFC["classes"], SAM_PFC["rate"])
+
+    def loss(p):
+        return _cosface_loss(p, x, labels, sampled)
+
+    assert result["loss"] == pytest.approx(loss(params), rel=1e-5)
+    gradient = _numeric_gradient(loss, params)
+    norm = np.sqrt(sum(float(np.sum(g ** 2)) for g in gradient))
+    perturbed = [p + SAM_PFC["rho"] * g / norm for p, g in zip(params, gradient)]
+    sharp = _numeric_gradient(loss, perturbed)
+    expected = [p - SAM_PFC["lr"] * g for p, g in zip(params, sharp)]
+    np.testing.assert_allclose(after[0], expected[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(after[1], expected[1], rtol=1e-4, atol=1e-5)
+    # and it is SAM: the plain gradient step lands elsewhere
+    plain = params[0] - SAM_PFC["lr"] * gradient[0]
+    assert np.abs(plain - after[0]).max() > 1e-4
+
+
+def test_sam_and_partial_fc_compose_in_one_tensorflow_step():
+    check_sam_partial_fc_step(one_sam_partial_fc_step())
+
+
+def test_sam_and_partial_fc_compose_in_one_jax_step(tmp_path):
+    pytest.importorskip("jax")
+    script = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from test_partial_fc import one_sam_partial_fc_step\n"
+              "print(json.dumps(one_sam_partial_fc_step()))\n")
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check_sam_partial_fc_step(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_train_cli_checks_the_partial_fc_rate(tmp_path, capsys):
@@ -143,11 +241,14 @@ def test_train_cli_checks_the_partial_fc_rate(tmp_path, capsys):
 
     assert cli.main(["--demo", "--partial-fc-rate", "1.5", "--output", str(tmp_path / "run")]) == 2
     assert "--partial-fc-rate must be in (0, 1]" in capsys.readouterr().err
-    assert cli.main(["--demo", "--optimizer", "sam", "--partial-fc-rate", "0.5", "--output", str(tmp_path / "r")]) == 2
-    assert "cannot be combined" in capsys.readouterr().err
-    from ghostface_keras.train.recipes import TrainingConfig, official_stages, resolve_defaults
+    from ghostface_keras.train.recipes import official_stages, resolve_defaults, validate
 
-    config = resolve_defaults(TrainingConfig.from_dict(cli._config_fields(cli.parse_args(["--demo", "--partial-fc-rate", "0.25"]))))
+    sam = resolve_defaults(cli.training_config(["--demo", "--optimizer", "sam", "--partial-fc-rate", "0.5"]))
+    validate(sam)  # SAM and partial FC combine
+    assert all(Stage.coerce(stage).sam_rho > 0 and Stage.coerce(stage).partial_fc_rate == 0.5
+               for stage in official_stages(sam, steps_per_epoch=10)[0])
+
+    config = resolve_defaults(cli.training_config(["--demo", "--partial-fc-rate", "0.25"]))
     stages, _ = official_stages(config, steps_per_epoch=10)
     assert stages and all(Stage.coerce(stage).partial_fc_rate == 0.25 for stage in stages)
 
@@ -169,6 +270,7 @@ def test_benchmark_script_reports_one_row_per_rate_with_its_sampled_classes():
     assert float(rows[0][3]) == 1.0 and all(float(row[2]) > 0 for row in rows)
 
 
+@pytest.mark.large  # trains three runs end to end (~15 s); the sampling itself is checked in the default tier
 def test_resume_inside_a_partial_fc_stage_draws_the_same_classes_as_an_uninterrupted_run(tmp_path):
     def stages(epochs):
         return [Stage(epochs, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9),

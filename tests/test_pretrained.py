@@ -24,6 +24,23 @@ def test_every_checkpoint_names_a_registry_model_and_an_official_release_url():
     assert released <= set(list_pretrained())
 
 
+def test_registry_reports_what_the_checkpoint_table_says_for_the_weights_it_loads():
+    # V1-1.3-2 once listed MS1MV2 figures while `pretrained=True` loaded the MS1MV3 weights: the registry now
+    # reads both from the one table, so a model's figures are those of the checkpoint it loads.
+    for name in g.list_models():
+        spec = g.get_model_spec(name)
+        if spec.pretrained is None:
+            continue
+        checkpoint = get_checkpoint(spec.pretrained)
+        assert checkpoint.model == spec.name
+        assert dict(spec.reported) == dict(checkpoint.reported)
+        assert checkpoint.training_set in spec.source
+        assert spec.config["use_bias"] == checkpoint.gdc_bias
+    spec = g.get_model_spec("GhostFaceNetV1-1.3-2")
+    assert spec.reported["LFW"] == 99.68 and "MS1MV3" in spec.source
+    assert g.get_model_spec("GhostFaceNetV2-1.3-2").reported["IJB-B"] == 91.7624
+
+
 def test_model_names_pick_the_default_checkpoint():
     assert get_checkpoint("ghostfacenetv1-1.3-1").training_set == "MS1MV3"
     assert get_checkpoint("GhostFaceNetV1-1.0-2").filename == "GN_W1_S2_ArcFace_epoch18.h5"

@@ -99,6 +99,7 @@ def test_int8_file_takes_the_twin_ranges_and_the_standard_graph(twins, version):
     assert export.count_delegate_nodes(twin_file) == 1
 
 
+@pytest.mark.large  # fine-tunes and converts twice (~11 s)
 def test_fine_tuning_brings_the_int8_file_closer_to_float(calibration, held_out, tmp_path):
     model = tiny_face_model(2)
     # clipping at the 95th percentile leaves a large, learnable int8 error

@@ -128,6 +128,7 @@ def test_trainer_writes_history_models_and_state(tmp_path):
     assert loaded.output_shape == (None, 8)
 
 
+@pytest.mark.large  # two runs end to end (~8 s); test_resume_restores_adaface_running_statistics stays default
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     straight = _trainer(tmp_path / "straight")
     straight.fit(_stages())
@@ -189,7 +190,9 @@ def test_nan_guard_stops_and_keeps_the_last_good_state(tmp_path):
 
 
 @pytest.mark.parametrize("stage", [
-    Stage(6, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9), sam_rho=0.05),
+    # SAM trains twice per step (~14 s): the large tier; its step is checked against numpy in the default tier
+    pytest.param(Stage(6, ArcFace(scale=16, margin=0.2), keras.optimizers.SGD(0.05, momentum=0.9), sam_rho=0.05),
+                 marks=pytest.mark.large),
     Stage(6, MagFace(scale=16), keras.optimizers.SGD(0.05, momentum=0.9)),
 ], ids=["sam", "magface"])
 def test_sam_and_magface_train_without_nan_and_lower_the_loss(tmp_path, stage):
@@ -342,12 +345,12 @@ def _train_cli():
 
 
 def test_cli_defaults_by_recipe_and_demo_settings_yield_to_explicit_options():
-    from ghostface_keras.train.recipes import TrainingConfig, resolve_defaults
+    from ghostface_keras.train.recipes import resolve_defaults
 
     cli = _train_cli()
 
     def parse(argv):
-        return resolve_defaults(TrainingConfig.from_dict(cli._config_fields(cli.parse_args(argv))))
+        return resolve_defaults(cli.training_config(argv))
 
     scratch = parse(["--data", "faces"])
     assert (scratch.optimizer, scratch.lr, scratch.scale, scratch.margin) == ("adamw", 2e-3, 32.0, 0.3)
@@ -379,6 +382,7 @@ def test_steps_per_execution_trains_every_batch_and_keeps_the_schedule(tmp_path)
     np.testing.assert_allclose([r["lr"] for r in records], [float(schedule(0)), float(schedule(4))], rtol=1e-6)
 
 
+@pytest.mark.large  # three stages and their saves end to end (~8 s)
 def test_layers_frozen_by_the_caller_stay_frozen_through_stages_and_saves(tmp_path):
     model = _embedding_model()
     batch_norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
@@ -409,3 +413,53 @@ def test_cli_refuses_impossible_numbers_and_a_resume_of_another_run_before_writi
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--model 'GhostFaceNetV1-0.5-2' -> 'MobileFaceNet'" in error
     assert (out / "train_config.json").read_text() == config  # untouched by the refused run
+
+
+def test_the_cli_options_are_the_training_config_fields_with_their_defaults_and_help():
+    import dataclasses
+
+    from ghostface_keras.train.recipes import TrainingConfig
+
+    parser = _train_cli().build_parser()
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    assert set(actions) == set(fields)
+    defaults = TrainingConfig()
+    for name, action in actions.items():
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        assert action.default == getattr(defaults, name), name
+        assert action.help and fields[name].metadata["help"], name
+        assert "`" not in action.help, name  # settings named in a help text are shown as options
+    assert actions["loss"].choices == list(fields["loss"].metadata["choices"])
+
+
+def test_the_demo_preset_is_the_library_s_and_yields_to_fields_set_by_the_caller():
+    from ghostface_keras.train.recipes import DEMO_SETTINGS, TrainingConfig, apply_presets
+
+    cli = _train_cli()
+    library = apply_presets(TrainingConfig(demo=True))
+    assert cli.training_config(["--demo"]) == library
+    assert {key: getattr(library, key) for key in DEMO_SETTINGS} == DEMO_SETTINGS
+    assert library.output == "runs/demo"
+    mine = apply_presets(TrainingConfig(demo=True, epochs=2, model="MobileFaceNet", output="mine"))
+    assert (mine.epochs, mine.model, mine.output, mine.batch_size) == (2, "MobileFaceNet", "mine", 32)
+    assert apply_presets(apply_presets(TrainingConfig(demo=True))) == library  # idempotent
+    assert apply_presets(TrainingConfig(data="faces")).model == TrainingConfig().model
+
+
+def test_library_errors_name_fields_and_the_cli_names_its_options(tmp_path, capsys):
+    from ghostface_keras.core.errors import GhostFaceError
+    from ghostface_keras.train.recipes import TrainingConfig, validate
+
+    with pytest.raises(GhostFaceError, match=r"^batch_size must be >= 1, got 0$") as raised:
+        validate(TrainingConfig(data=str(tmp_path), batch_size=0))
+    assert raised.value.fields == ("batch_size",)
+    with pytest.raises(GhostFaceError, match=r"^data is required \(or use demo\)$"):
+        validate(TrainingConfig())
+    with pytest.raises(GhostFaceError, match=r"^data .*missing: no such file or directory$"):
+        validate(TrainingConfig(data=str(tmp_path / "missing")))
+    cli = _train_cli()
+    assert cli.main(["--data", str(tmp_path), "--batch-size", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "ghostface-train: error: --batch-size must be >= 1, got 0"
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err.strip() == "ghostface-train: error: --data is required (or use --demo)"

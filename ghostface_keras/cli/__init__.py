@@ -23,7 +23,8 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Callable, Iterator
+from typing import Callable
+from collections.abc import Iterator
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -84,6 +85,23 @@ def error_line(prog: str, error: BaseException) -> str:
     return f"{prog}: error: {text[0] if text else type(error).__name__}"
 
 
+def settings_as_flags(error: BaseException) -> str:
+    """The message of a library error with the settings it names (`error.fields`, spelled as in the library)
+    spelled as command-line options: `batch_size` -> `--batch-size`. Names inside paths or longer words stay.
+
+    Example:
+        >>> from ghostface_keras.core.errors import GhostFaceError
+        >>> settings_as_flags(GhostFaceError("data runs/data: no such file or directory", fields=("data",)))
+        '--data runs/data: no such file or directory'
+    """
+    import re
+
+    text = str(error)
+    for name in sorted(getattr(error, "fields", ()), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w/.\\-]){re.escape(name)}(?![\w/.\\-])", "--" + name.replace("_", "-"), text)
+    return text
+
+
 def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = False) -> int:
     """Run a command's work; turn our errors and operating-system errors into one line and exit status 2,
     Ctrl-C into 130. `verbose` re-raises after the line (the traceback of `-v`).
@@ -100,7 +118,7 @@ def run_reporting_errors(prog: str, body: Callable[[], int], verbose: bool = Fal
     try:
         return body()
     except (GhostFaceError, OSError) as error:
-        message = describe_os_error(error) if isinstance(error, OSError) else error
+        message = describe_os_error(error) if isinstance(error, OSError) else settings_as_flags(error)
         print(error_line(prog, message), file=sys.stderr)
         if verbose:
             raise

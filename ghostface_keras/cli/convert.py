@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ghostface_keras.cli import EXIT_CHECK_FAILED, import_backend_quietly, run_reporting_errors
 

@@ -4,11 +4,11 @@
     python -m ghostface_keras.cli.serve -m model.tflite                  # the same, without the console script
 
 Why: every `ghostface verify / embed / identify` call pays for starting Python, importing TensorFlow and loading
-the model and the detector (8-9 s on 2 cores) before 40-300 ms of real work. `serve` pays that once: it loads the
+the model and the detector, seconds before milliseconds of real work. `serve` pays that once: it loads the
 model, the detector and the gallery (embedded once), warms them up, then answers requests read from stdin (or
 `--input FILE`, e.g. a named pipe) until end of input, so a shell script, another language or a pipeline can
-talk to it over two pipes. A verify request then takes 60 ms instead of 8.8 s with BlazeFace (147x), 326 ms
-instead of 9.3 s with MTCNN; the protocol itself costs 0.05 ms (benchmarks/results/serve.md).
+talk to it over two pipes. What that saves per request is measured in benchmarks/results/serve.md
+(`python benchmarks/serve.py`) and docs/inference.md.
 
 The protocol is `ghostface_keras.serve.protocol` (and docs/inference.md).
 
@@ -25,7 +25,8 @@ import logging
 import os
 import sys
 import time
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
+from collections.abc import Iterator, Sequence
 
 from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
                                  run_reporting_errors)

@@ -27,70 +27,55 @@ import time
 from pathlib import Path
 
 from ghostface_keras.cli import (EXIT_CHECK_FAILED, error_line, import_backend_quietly, quiet_tensorflow_logs,
-                                 run_reporting_errors)
+                                 run_reporting_errors, settings_as_flags)
 
 PROG = "ghostface-train"
 
 BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow"}  # the backends train.py is tested on
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from ghostface_keras.train.recipes import LOSSES, OPTIMIZERS, SCHEDULES
+_TYPES = {"int": int, "float": float, "str": str, "Any": str, "list": str}
 
-    parser = argparse.ArgumentParser(prog="ghostface-train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", help="identity folders ROOT/<id>/<img>, or a RecordIO train.rec / its folder")
-    parser.add_argument("--model", default="GhostFaceNetV1-1.3-2", help="registered model name (see ghostface-zoo)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=128, help="global batch size (over all devices)")
-    parser.add_argument("--output", help="output directory (default: runs/train, or runs/demo with --demo)")
-    parser.add_argument("--loss", default="arcface", choices=list(LOSSES))
-    parser.add_argument("--margin", type=float,
-                        help="loss margin (default: the loss's paper default; ArcFace 0.3 with adamw)")
-    parser.add_argument("--scale", type=float,
-                        help="logit scale s (default 64 with sgd/sam, whose first epoch uses 32; 32 with adamw)")
-    parser.add_argument("--sub-centers", type=int, default=1, help="sub-centers per class (Sub-center ArcFace)")
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                        help="default adamw from scratch (SGD 0.1 diverges on small datasets), sgd with --init-from;"
-                             " sam = SGD with sharpness-aware minimization (--sam-rho)")
-    parser.add_argument("--sam-rho", type=float, default=0.05)
-    parser.add_argument("--partial-fc-rate", type=float, default=1.0,
-                        help="partial FC: each step's softmax covers this fraction of the classes (batch classes +"
-                             " random others), e.g. 0.1 for 1 M identities; 1 = full softmax")
-    parser.add_argument("--lr", type=float,
-                        help="base LR (default sgd 0.1 from scratch, 0.01 fine-tuning; adamw 2e-3 / 1e-4)")
-    parser.add_argument("--weight-decay", type=float, help="decoupled weight decay (default 5e-4 sgd, 0.05 adamw)")
-    parser.add_argument("--schedule", default="cosine", choices=list(SCHEDULES))
-    parser.add_argument("--warmup-epochs", type=float, default=0.0)
-    parser.add_argument("--augment", default="flip", help="augmentation level 0-3 or a name (see ghostface_keras.data)")
-    parser.add_argument("--eval-bins", nargs="*", default=[], help="verification .bin files evaluated every epoch")
-    parser.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs")
-    parser.add_argument("--stop-at", type=float,
-                        help="stop once the last --eval-bins set reaches this accuracy (--demo: 0.96)")
-    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPUs)")
-    parser.add_argument("--init-from", help="start from weights: an official .h5 or a .keras embedding model")
-    parser.add_argument("--freeze-backbone-epochs", type=int,
-                        help="train only the head first for N epochs (default 1 with --init-from, else 0)")
-    parser.add_argument("--devices", type=int,
-                        help="local devices per process (default: every accelerator on JAX, one on TensorFlow, where"
-                             " N > 1 means MirroredStrategy)")
-    parser.add_argument("--cpu-devices", type=int,
-                        help="split the CPU into N logical devices (testing data parallel without GPUs)")
-    parser.add_argument("--coordinator", help="HOST:PORT of process 0: multi-process / multi-host training (JAX)")
-    parser.add_argument("--num-processes", type=int, default=1, help="processes of the run (with --coordinator)")
-    parser.add_argument("--process-id", type=int, default=0, help="this process's rank, 0..N-1 (0 writes the files)")
-    parser.add_argument("--init-timeout", type=float, default=300.0,
-                        help="seconds to wait for every process to join the coordinator")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps-per-execution", type=int, default=1,
-                        help="batches per call of the compiled train step (fewer host round trips on GPUs)")
-    parser.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
-    parser.add_argument("--log-steps", action="store_true", help="also write every step's loss to DIR/steps.json")
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options are `TrainingConfig`'s fields, generated: name, type, default, choices and help come from
+    the one definition in `ghostface_keras.train.recipes`; only `--config` (a file of defaults) is the CLI's."""
+    import dataclasses
+
+    from ghostface_keras.train.recipes import TrainingConfig
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     formatter_class=_HelpFormatter)
+    for option in dataclasses.fields(TrainingConfig):
+        flag = "--" + option.name.replace("_", "-")
+        details = dict(option.metadata)
+        help_text = _flag_spelling(details.pop("help", ""))
+        if "choices" in details:
+            details["choices"] = list(details["choices"])
+        kind = str(option.type).replace(" | None", "")
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        default = option.default_factory() if option.default_factory is not dataclasses.MISSING else option.default
+        parser.add_argument(flag, type=_TYPES[kind], default=default, help=help_text, **details)
     parser.add_argument("--config", help="JSON file of option defaults (keys as the long options, with _)")
-    parser.add_argument("--demo", action="store_true", help="train on generated synthetic identities (CPU minutes)")
-    parser.add_argument("--export-tflite", action="store_true", help="also export DIR/model.tflite at the end")
     return parser
+
+
+def _flag_spelling(text: str) -> str:
+    """Help texts name other settings in backticks (`init_from`); the command line shows its options."""
+    import re
+
+    return re.sub(r"`([a-z_]+)`", lambda match: "--" + match.group(1).replace("_", "-"), text)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one: an unset option's help says what the recipe picks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == [] or action.help is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,27 +89,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             overrides = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as error:
             raise GhostFaceError(f"cannot read --config {args.config}: {error}") from error
+        if not isinstance(overrides, dict):
+            raise GhostFaceError(f"{args.config}: a JSON object of option defaults is expected")
         unknown = set(overrides) - set(vars(args))
         if unknown:
             raise GhostFaceError(f"{args.config}: unknown options {sorted(unknown)}")
         parser.set_defaults(**overrides)
         args = parser.parse_args(argv)
-    if args.demo:
-        apply_demo_defaults(args, parser)
-    if args.output is None:
-        args.output = os.path.join("runs", "demo" if args.demo else "train")
     return args
 
 
-DEMO_SETTINGS = {"model": "GhostFaceNetV1-0.5-2", "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 2e-3,
-                 "scale": 32.0, "margin": 0.3, "stop_at": 0.96, "export_tflite": True}
+def training_config(argv: list[str] | None = None):
+    """The `TrainingConfig` a command line stands for, presets applied (demo settings, default output)."""
+    from ghostface_keras.train.recipes import TrainingConfig, apply_presets
 
-
-def apply_demo_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Settings of `--demo` that finish in a few CPU minutes; options set explicitly (or by --config) win."""
-    for key, value in DEMO_SETTINGS.items():
-        if getattr(args, key) == parser.get_default(key):
-            setattr(args, key, value)
+    fields = {key: value for key, value in vars(parse_args(argv)).items() if key != "config"}
+    return apply_presets(TrainingConfig.from_dict(fields))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     from ghostface_keras.core.errors import GhostFaceError
-    from ghostface_keras.train.recipes import TrainingConfig, validate
+    from ghostface_keras.train.recipes import validate
 
-    args = parse_args(argv)  # before any backend import: `--help` answers at once
+    config = training_config(argv)  # before any backend import: `--help` answers at once
     # options, files and --output checked in seconds, before the backend (and TensorFlow) loads
-    validate(TrainingConfig.from_dict(_config_fields(args)))
+    validate(config)
     problem = _backend_problem()
     if problem:
         raise GhostFaceError(problem)
@@ -148,13 +128,12 @@ def _run(argv: list[str] | None) -> int:
     from ghostface_keras.core.distribution import LostProcessError
     from ghostface_keras.train.recipes import train
 
-    config = TrainingConfig.from_dict(_config_fields(args))
     started = time.time()
     try:
         result = train(config)
     except LostProcessError as error:
         # Exit now: JAX's shutdown would wait for the lost process until its heartbeat times out, then abort.
-        print(error_line(PROG, error), file=sys.stderr)
+        print(error_line(PROG, settings_as_flags(error)), file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_CHECK_FAILED)
@@ -181,11 +160,6 @@ def _backend_problem() -> str | None:
         extra = {"jax": "pip install 'ghostface_keras[jax]'"}.get(backend, f"pip install {package}")
         return f"KERAS_BACKEND={backend} needs the {package} package, which is not installed: {extra}"
     return None
-
-
-def _config_fields(args: argparse.Namespace) -> dict:
-    """The parsed options that are training settings (not --config, the file of defaults)."""
-    return {key: value for key, value in vars(args).items() if key != "config"}
 
 
 def _report(config, result, seconds: float) -> str:

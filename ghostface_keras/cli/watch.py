@@ -20,7 +20,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from ghostface_keras.cli import (EXIT_INTERRUPTED, EXIT_OK, check_gallery_argument, cosine_threshold,
                                  import_backend_quietly, non_negative_int, positive_int, run_reporting_errors)

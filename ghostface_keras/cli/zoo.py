@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ghostface_keras.cli import EXIT_BAD_INPUT, import_backend_quietly
 

@@ -436,15 +436,18 @@ def agree_on_writer_check(check: Callable[[], None]) -> None:
     Checks of files only process 0 reads (the output folder, a resumed run's config) must stop every
     process, or the others would wait for process 0 in the next collective step.
     """
-    message = None
+    problem = None
     if is_writer_process():
         try:
             check()
         except GhostFaceError as error:
-            message = str(error)
-    message = broadcast_from_writer(message)
-    if message is not None:
-        raise GhostFaceError(message)
+            if not multi_process():
+                raise
+            problem = [str(error), list(error.fields)]
+    problem = broadcast_from_writer(problem)
+    if problem is not None:
+        message, fields = problem
+        raise GhostFaceError(message, fields=tuple(fields))
 
 
 def broadcast_arrays_from_writer(arrays: dict | None) -> dict | None:

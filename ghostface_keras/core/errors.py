@@ -8,7 +8,20 @@ from __future__ import annotations
 
 
 class GhostFaceError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose.
+
+    `fields` are the settings the message names, spelled as in the library (`batch_size`); a command line
+    names them as its options instead (`ghostface_keras.cli.settings_as_flags`: `--batch-size`).
+
+    Example:
+        >>> error = GhostFaceError("batch_size must be >= 1, got 0", fields=("batch_size",))
+        >>> str(error), error.fields
+        ('batch_size must be >= 1, got 0', ('batch_size',))
+    """
+
+    def __init__(self, *args: object, fields: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.fields = tuple(fields)
 
 
 class DataError(GhostFaceError, ValueError):

@@ -28,7 +28,8 @@ import secrets
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import Callable, Union
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 

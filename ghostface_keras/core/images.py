@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Any, Sequence, Union
+from typing import Any, Union
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Optional
+from typing import IO
 
 
 class ProgressBar:
     """`update(done)` redraws `done/total units [elapsed, rate]`; a newline when `done` reaches `total`."""
 
-    def __init__(self, total: Optional[int], unit: str = "image", stream: Optional[IO[str]] = None,
+    def __init__(self, total: int | None, unit: str = "image", stream: IO[str] | None = None,
                  force: bool = False) -> None:
         self.total, self.unit = total, unit
         self.stream = stream if stream is not None else sys.stderr

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 
 def _cell(value: Any, digits: int, thousands: bool) -> str:

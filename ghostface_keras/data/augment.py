@@ -35,7 +35,8 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -450,7 +451,7 @@ class AugmentConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "AugmentConfig":
+    def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
         unknown = sorted(set(values) - {item.name for item in dataclasses.fields(cls)})
         if unknown:
             raise DataError(f"AugmentConfig: unknown fields {unknown}")

@@ -17,7 +17,7 @@ import os
 import pickle
 import struct
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

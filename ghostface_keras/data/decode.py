@@ -14,7 +14,8 @@ import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

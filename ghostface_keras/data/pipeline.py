@@ -32,7 +32,8 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -180,7 +181,7 @@ def build_dataset(
     cache: bool | str = "auto",
     drop_remainder: bool = False,
     normalize: bool = True,
-    order: Optional[EpochOrder] = None,
+    order: EpochOrder | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
 ) -> tf.data.Dataset:
@@ -318,8 +319,8 @@ class _SubstitutingLoader:
         self.bad: set[int] = set()
         self.replacement: dict[int, int] = {}
         self.lock = threading.Lock()
-        self._by_label: Optional[np.ndarray] = None
-        self._sorted_labels: Optional[np.ndarray] = None
+        self._by_label: np.ndarray | None = None
+        self._sorted_labels: np.ndarray | None = None
 
     def load(self, item) -> tuple[np.ndarray, np.int32]:
         item = int(item)
@@ -342,7 +343,7 @@ class _SubstitutingLoader:
                                 f"{self.skipped[0][0]}: {self.skipped[0][1]}); the file or its index is corrupt")
         raise DataError(f"{self.source.name}: none of the {len(self.labels)} images could be decoded")
 
-    def _try(self, item: int) -> Optional[np.ndarray]:
+    def _try(self, item: int) -> np.ndarray | None:
         try:
             return decode_image_bytes(self.source.read_bytes(item), self.image_size)
         except (ImageDecodeError, DataError, OSError) as error:  # DataError: a corrupt RecordIO record

@@ -59,7 +59,7 @@ class RecordIOReader:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RecordIOReader":
+    def __enter__(self) -> RecordIOReader:
         return self
 
     def __exit__(self, *exc) -> None:

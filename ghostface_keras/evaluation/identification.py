@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from ghostface_keras.core.errors import DataError
-from ghostface_keras.core.files import is_image_file, list_images
+from ghostface_keras.core.files import list_images
 from ghostface_keras.core.images import read_face_images
 from ghostface_keras.core.numeric import l2_normalize
+from ghostface_keras.data.folders import scan_image_folder
 
 
 
@@ -130,7 +132,9 @@ def _identification_record(scores: np.ndarray, identities: np.ndarray, probe_lab
 # Identity folders
 # --------------------------------------------------------------------------------------------------
 def list_identity_folder(folder: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Image files of `folder/<identity>/*`, their integer labels and the identity names (sorted).
+    """Image files of `folder/<identity>/*`, their integer labels and the identity names: the training
+    scanner's view (`ghostface_keras.data.scan_image_folder`), so a folder is labelled the same whether it
+    is trained on or evaluated (natural order, empty and hidden identity folders skipped).
 
     Example:
         >>> import tempfile
@@ -140,19 +144,8 @@ def list_identity_folder(folder: str | os.PathLike) -> tuple[list[Path], np.ndar
         >>> len(paths), labels.tolist(), names
         (6, [0, 0, 1, 1, 2, 2], ['000000', '000001', '000002'])
     """
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder of identity sub-folders")
-    names = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
-    paths, labels = [], []
-    for label, name in enumerate(names):
-        for path in sorted((root / name).iterdir()):
-            if is_image_file(path):
-                paths.append(path)
-                labels.append(label)
-    if not paths:
-        raise DataError(f"{root}: no images found in identity sub-folders")
-    return paths, np.asarray(labels), names
+    index = scan_image_folder(folder)
+    return [Path(path) for path in index.paths], index.labels, list(index.class_names)
 
 
 def all_pair_scores(embeddings: np.ndarray, labels: Sequence, max_impostor_pairs: int = 1_000_000,

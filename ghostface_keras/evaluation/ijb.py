@@ -32,7 +32,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

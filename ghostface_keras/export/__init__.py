@@ -41,7 +41,8 @@ from typing import Any
 
 # public name -> defining module, imported on first use (so the LiteRT runner can be used without TensorFlow)
 _API = {
-    "images": ("list_images", "load_face_images", "sample_images"),
+    "images": ("load_face_images", "sample_images"),
+    "ghostface_keras.core.files": ("list_images",),  # the one image lister, also under this name
     "int8_rewrite": ("xnnpack_int8_equivalent",),
     "onnx": ("export_onnx", "onnx_available", "run_onnx"),
     "parity": ("PARITY_THRESHOLDS", "ParityReport", "check_parity"),

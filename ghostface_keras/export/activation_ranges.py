@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Callable, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 import numpy as np
 

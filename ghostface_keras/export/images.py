@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from ghostface_keras.core.errors import DataError, ExportError
 from ghostface_keras.core.files import IMAGE_EXTENSIONS
-from ghostface_keras.core.files import list_images as list_image_files
+from ghostface_keras.core.files import list_images
 from ghostface_keras.core.images import read_face_images
 from ghostface_keras.core.preprocessing import IMAGE_SIZE, normalize_images
 
 logger = logging.getLogger(__name__)
 
-def list_images(directory: str | os.PathLike) -> list[Path]:
-    """Image files under `directory` (`ghostface_keras.core.files.list_images`); none is an `ExportError`."""
+def _image_files(directory: str | os.PathLike) -> list[Path]:
+    """The one image lister's files (`ghostface_keras.core.files.list_images`); none is an `ExportError`."""
     try:
-        files = list_image_files(directory)
+        files = list_images(directory)
     except DataError as error:
         raise ExportError(f"{directory}: image folder not found") from error
     if not files:
@@ -58,7 +58,7 @@ def sample_images(
         >>> calibration.shape, calibration.dtype, parity.shape
         ((8, 112, 112, 3), dtype('float32'), (4, 112, 112, 3))
     """
-    files = list_images(directory)
+    files = _image_files(directory)
     order = np.random.default_rng(seed).permutation(len(files))[skip : skip + count]
     if len(order) == 0:
         raise ExportError(f"{directory}: only {len(files)} images, none left after the first {skip}")

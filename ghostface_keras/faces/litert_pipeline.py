@@ -41,7 +41,7 @@ from ghostface_keras.faces.blazeface import BlazeFaceDetector
 from ghostface_keras.runtime.litert import TFLiteEmbedder
 from ghostface_keras.core.images import ImageInput, load_rgb_image
 from ghostface_keras.core.numeric import l2_normalize
-from ghostface_keras.core.preprocessing import normalize_images
+from ghostface_keras.core.preprocessing import flip_summed
 
 
 def embed_photo_litert(photo: ImageInput, embedder: str | os.PathLike | TFLiteEmbedder,
@@ -79,10 +79,7 @@ def embed_photo_litert(photo: ImageInput, embedder: str | os.PathLike | TFLiteEm
     if not faces:
         return np.zeros((0, _embedding_size(embedder)), np.float32), []
     crops = np.stack([align_face(rgb, face.landmarks, embedder.input_size) for face in faces])  # 3. align
-    inputs = normalize_images(crops)  # 4. normalize
-    embeddings = embedder(inputs)  # 5. embed
-    if flip:
-        embeddings = embeddings + embedder(np.ascontiguousarray(inputs[:, :, ::-1]))  # mirrored: width axis reversed
+    embeddings = flip_summed(embedder, crops, flip)  # 4. normalize and 5. embed (and the mirrored crops)
     return l2_normalize(embeddings), faces  # 6. unit length
 
 

@@ -7,7 +7,8 @@ embedded), so a face is embedded again only when `Track.embedding_reason` says s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 

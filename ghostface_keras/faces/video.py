@@ -21,7 +21,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class FrameSource:
         """Release the file or camera (`with` and `watch` do it when done)."""
         self._capture.release()
 
-    def __enter__(self) -> "FrameSource":
+    def __enter__(self) -> FrameSource:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -145,8 +146,8 @@ class FrameResult:
     image: np.ndarray = field(repr=False, compare=False)
 
 
-def watch(embedder: "FaceEmbedder", source: int | str | os.PathLike | FrameSource | Iterable[np.ndarray],
-          gallery: "Gallery | str | os.PathLike | Mapping[str, Iterable[Any]]", threshold: float | None = None,
+def watch(embedder: FaceEmbedder, source: int | str | os.PathLike | FrameSource | Iterable[np.ndarray],
+          gallery: Gallery | str | os.PathLike | Mapping[str, Iterable[Any]], threshold: float | None = None,
           max_frames: int | None = None, reembed_every: int | None = 30, grow_ratio: float | None = 1.5,
           change_threshold: float | None = 0.15, tracker: IoUTracker | None = None) -> Iterator[FrameResult]:
     """Detect, track and identify the faces of each frame. The gallery and source are opened now, frames on demand.
@@ -193,7 +194,7 @@ def watch(embedder: "FaceEmbedder", source: int | str | os.PathLike | FrameSourc
                          max_frames, (reembed_every, grow_ratio, change_threshold), tracker or IoUTracker())
 
 
-def _watch_frames(embedder: "FaceEmbedder", frames: Iterable[np.ndarray], gallery: "Gallery", threshold: float,
+def _watch_frames(embedder: FaceEmbedder, frames: Iterable[np.ndarray], gallery: Gallery, threshold: float,
                   max_frames: int | None, rules: tuple[Any, Any, Any], tracker: IoUTracker) -> Iterator[FrameResult]:
     fps = frames.fps if isinstance(frames, FrameSource) and not frames.is_camera else 0.0
     started = time.monotonic()
@@ -271,7 +272,7 @@ class JsonLinesWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = path
 
-    def __enter__(self) -> "JsonLinesWriter":
+    def __enter__(self) -> JsonLinesWriter:
         self._stack = contextlib.ExitStack()
         self._handle = sys.stdout if str(self.path) == "-" else self._stack.enter_context(
             open(self._stack.enter_context(atomic_output(self.path)), "w", encoding="utf-8"))
@@ -313,7 +314,7 @@ class AnnotatedVideoWriter:
             raise DataError(f"{path}: unsupported video suffix; use one of {', '.join(VIDEO_CODECS)}")
         self.path, self.fourcc, self.fps = path, _cv2().VideoWriter_fourcc(*VIDEO_CODECS[suffix]), float(fps) or 25.0
 
-    def __enter__(self) -> "AnnotatedVideoWriter":
+    def __enter__(self) -> AnnotatedVideoWriter:
         self._stack, self._writer = contextlib.ExitStack(), None
         self._temporary = self._stack.enter_context(atomic_output(self.path))
         return self

@@ -18,7 +18,7 @@ import inspect
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import keras
 from keras import layers, ops
@@ -66,7 +66,7 @@ def renamed_arguments(**renames: str):
     return decorate
 
 
-def make_divisible(value: float, divisor: int = 4, min_value: Optional[int] = None) -> int:
+def make_divisible(value: float, divisor: int = 4, min_value: int | None = None) -> int:
     """Round `value` to the nearest multiple of `divisor`, never dropping below 90 % of it.
 
     This is the channel rounding of GhostNet / MobileNetV3 (divisor 4 in GhostFaceNets).

@@ -6,7 +6,8 @@ GhostNetV2: Tang et al., "GhostNetV2: Enhance Cheap Operation with Long-Range At
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -34,7 +35,7 @@ class GhostStage(NamedTuple):
 
 
 # GhostNet paper, Table 1. The official GhostFaceNetV1 replaces the last expansion 960 by 512.
-GHOSTNET_STAGES: Tuple[GhostStage, ...] = (
+GHOSTNET_STAGES: tuple[GhostStage, ...] = (
     GhostStage(3, 16, 16, 0.0, 1),
     GhostStage(3, 48, 24, 0.0, 2),
     GhostStage(3, 72, 24, 0.0, 1),
@@ -66,7 +67,7 @@ def ghostnet_features(
     last_expansion: int = 960,
     activation: ActivationSpec = "relu",
     se_gate: str = "hard_sigmoid",
-    settings: Optional[LayerSettings] = None,
+    settings: LayerSettings | None = None,
     stages: Sequence[GhostStage] = GHOSTNET_STAGES,
 ):
     """Build the GhostNet feature extractor on `inputs`; returns the activated final 1x1 conv map.

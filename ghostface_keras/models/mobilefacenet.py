@@ -14,7 +14,7 @@ bottlenecks' expansion (hidden) channels instead gives 2.07 M parameters / 432 M
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import keras
 
@@ -42,7 +42,7 @@ class BottleneckStage(NamedTuple):
     strides: int
 
 
-MOBILEFACENET_STAGES: Tuple[BottleneckStage, ...] = (
+MOBILEFACENET_STAGES: tuple[BottleneckStage, ...] = (
     BottleneckStage(2, 64, 5, 2),
     BottleneckStage(4, 128, 1, 2),
     BottleneckStage(2, 128, 6, 1),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class OfficialVariant:
     use_bias: bool
     scale: bool
     embedding_size: int
-    input_shape: Tuple[int, int, int]
+    input_shape: tuple[int, int, int]
     activation: str
     se_gate: str
     bn_momentum: float
@@ -81,7 +81,7 @@ class OfficialVariant:
 # Inferring the variant
 # ----------------------------------------------------------------------------------------------
 
-def _first(layers: Dict[str, OfficialLayer], class_name: str) -> Optional[OfficialLayer]:
+def _first(layers: dict[str, OfficialLayer], class_name: str) -> OfficialLayer | None:
     return next((layer for layer in layers.values() if layer.class_name == class_name), None)
 
 
@@ -146,16 +146,16 @@ def _stem(path, layers, outputs) -> OfficialLayer:
     return stem
 
 
-def _shape_signature(layers) -> List[Tuple[str, tuple]]:
+def _shape_signature(layers) -> list[tuple[str, tuple]]:
     return sorted((layer.class_name, tuple(w.shape for w in layer.weights)) for layer in layers if layer.weights)
 
 
-def _prefer_round(widths: Sequence[float]) -> List[float]:
+def _prefer_round(widths: Sequence[float]) -> list[float]:
     """Equivalent widths build identical models; try the ones with the fewest decimals first."""
     return sorted(widths, key=lambda w: (len(f"{w:g}"), abs(w - 1.0)))
 
 
-def _first_matching(path, candidates: List[OfficialVariant], layers: Dict[str, OfficialLayer]) -> OfficialVariant:
+def _first_matching(path, candidates: list[OfficialVariant], layers: dict[str, OfficialLayer]) -> OfficialVariant:
     import keras
 
     wanted = _shape_signature(layers.values())
@@ -168,7 +168,7 @@ def _first_matching(path, candidates: List[OfficialVariant], layers: Dict[str, O
     raise ConversionError(f"{path}: no width in {[c.width for c in candidates]} reproduces every weight shape")
 
 
-def _input_shape(layers: Dict[str, OfficialLayer]) -> Tuple[int, int, int]:
+def _input_shape(layers: dict[str, OfficialLayer]) -> tuple[int, int, int]:
     for layer in layers.values():
         if layer.class_name == "InputLayer":
             shape = layer.config.get("batch_input_shape") or layer.config.get("batch_shape")
@@ -215,7 +215,7 @@ def _convert(path: str, **overrides):
     return model, variant
 
 
-def convert_file(source: str, destination: str, check_batch: int = 4, seed: int = 0) -> Tuple[OfficialVariant, float]:
+def convert_file(source: str, destination: str, check_batch: int = 4, seed: int = 0) -> tuple[OfficialVariant, float]:
     """Convert `source` (.h5) to `destination` (.keras) and reload it to check it computes the same
     function; returns the inferred variant and the max abs difference of that self-check.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 from ghostface_keras.core.files import atomic_output, write_atomically
 from ghostface_keras.weights.checkpoints import get_checkpoint
@@ -32,8 +31,8 @@ log = logging.getLogger(__name__)
 __all__ = ["PretrainedError", "load_pretrained"]
 
 
-def load_pretrained(name: str, cache_dir: Optional[str] = None, origin: Optional[str] = None,
-                    sha256: Optional[str] = None):
+def load_pretrained(name: str, cache_dir: str | None = None, origin: str | None = None,
+                    sha256: str | None = None):
     """Our Keras 3 model with the official released weights of `name`.
 
     `name` is a checkpoint name (`list_pretrained()`) or a registry model name, which picks its

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable
+from collections.abc import Mapping
 
 import keras
 
-from ghostface_keras.weights.checkpoints import canonical_name
+from ghostface_keras.weights.checkpoints import canonical_name, default_checkpoint, reported_accuracy
 from ghostface_keras.core.errors import ModelNameError
 from ghostface_keras.models.ghostfacenet import GhostFaceNetV1, GhostFaceNetV2
 from ghostface_keras.models.ghostnet import GhostNetV1, GhostNetV2
@@ -41,11 +42,11 @@ class ModelSpec:
     name: str
     builder: Callable[..., keras.Model]
     config: Mapping[str, Any]
-    input_shape: Tuple[int, int, int] = (112, 112, 3)
+    input_shape: tuple[int, int, int] = (112, 112, 3)
     normalization: str = FACE_NORMALIZATION
     reported: Mapping[str, float] = field(default_factory=dict)
     source: str = ""
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     notes: str = ""
 
     def build(self, **overrides) -> keras.Model:
@@ -60,67 +61,34 @@ class ModelSpec:
         return self.builder(**config)
 
 
-OFFICIAL_README = "official GhostFaceNets README, ArcFace, MS1MV2 unless noted"
-
-# (width, stride) -> reported accuracies (official README, ArcFace rows)
-_V1_REPORTED = {
-    (0.5, 2): {"LFW": 99.783, "CFP-FP": 83.4, "AgeDB-30": 91.13},
-    (1.0, 2): {"LFW": 99.383, "CFP-FP": 88.81, "AgeDB-30": 94.85},
-    (1.2, 2): {"LFW": 99.53, "CFP-FP": 90.13, "AgeDB-30": 95.62},
-    (1.3, 2): {"LFW": 99.65, "CFP-FP": 91.51, "AgeDB-30": 96.18, "IJB-B": 90.53, "IJB-C": 92.66},
-    (1.3, 1): {"LFW": 99.7667, "CFP-FP": 95.64, "AgeDB-30": 97.58, "IJB-B": 92.19, "IJB-C": 94.06},
-    (1.4, 2): {"LFW": 99.6167, "CFP-FP": 90.8857, "AgeDB-30": 95.78},
-    (2.0, 1): {"LFW": 99.77, "CFP-FP": 96.56, "AgeDB-30": 97.47},
-    (1.0, 1): {},
-    (2.0, 2): {},
-}
-_V2_REPORTED = {
-    (1.0, 2): {"LFW": 99.65, "CFP-FP": 92.9, "AgeDB-30": 96.212},
-    (1.1, 2): {"LFW": 99.6, "CFP-FP": 91.814, "AgeDB-30": 95.683},
-    (1.2, 2): {"LFW": 99.633, "CFP-FP": 92.686, "AgeDB-30": 95.9},
-    (1.3, 2): {"LFW": 99.717, "CFP-FP": 93.071, "AgeDB-30": 96.55, "IJB-B": 91.7624},
-    (1.4, 2): {"LFW": 99.683, "CFP-FP": 91.986, "AgeDB-30": 95.983},
-    (1.5, 2): {"LFW": 99.7, "CFP-FP": 93.9, "AgeDB-30": 96.483},
-    (1.3, 1): {},
-    (1.0, 1): {},
-}
-# Released checkpoints and their GDC_conv bias. Width-1.3 files come from GhostFaceNets_with_Bias.py,
-# the only official builder that produces width 1.3, which always adds the bias (deepface's loader for
-# the W1.3-S1 release builds GDC_conv with a bias too); the W0.5 file has no bias (read from the file).
-_V1_RELEASES = {
-    (0.5, 2): ("GhostFaceNetV1-0.5-2-ArcFace-MS1MV2", False),
-    (1.0, 2): ("GhostFaceNetV1-1-2-ArcFace-MS1MV2", False),
-    (1.3, 2): ("GhostFaceNetV1-1.3-2-ArcFace-MS1MV3", True),
-    (1.3, 1): ("GhostFaceNetV1-1.3-1-ArcFace-MS1MV3", True),
-}
+# The variants the official code builds (width, stem stride). What they scored, their released checkpoints
+# and whether those have a GDC_conv bias are facts about checkpoints: `weights/checkpoints.py` holds them.
+_V1_VARIANTS = ((0.5, 2), (1.0, 1), (1.0, 2), (1.2, 2), (1.3, 1), (1.3, 2), (1.4, 2), (2.0, 1), (2.0, 2))
+_V2_VARIANTS = ((1.0, 1), (1.0, 2), (1.1, 2), (1.2, 2), (1.3, 1), (1.3, 2), (1.4, 2), (1.5, 2))
 
 
-def _ghostfacenet_specs() -> List[ModelSpec]:
+def _ghostfacenet_specs() -> list[ModelSpec]:
     specs = []
-    for (width, stride), reported in sorted(_V1_REPORTED.items()):
-        release, bias = _V1_RELEASES.get((width, stride), (None, False))
-        specs.append(ModelSpec(
-            name=f"GhostFaceNetV1-{width:g}-{stride}",
-            builder=GhostFaceNetV1,
-            config={"width": width, "stem_strides": stride, "use_bias": bias},
-            reported=reported,
-            source=OFFICIAL_README if reported else "",
-            pretrained=release,
-            notes="GDC_conv bias as the released checkpoint" if release and bias else "",
-        ))
-    for (width, stride), reported in sorted(_V2_REPORTED.items()):
-        specs.append(ModelSpec(
-            name=f"GhostFaceNetV2-{width:g}-{stride}",
-            builder=GhostFaceNetV2,
-            config={"width": width, "stem_strides": stride, "use_bias": False},
-            reported=reported,
-            source=OFFICIAL_README if reported else "",
-            notes="no official weights released",
-        ))
+    for version, builder, variants in (("V1", GhostFaceNetV1, _V1_VARIANTS), ("V2", GhostFaceNetV2, _V2_VARIANTS)):
+        for width, stride in variants:
+            name = f"GhostFaceNet{version}-{width:g}-{stride}"
+            release = default_checkpoint(name)
+            reported, source = reported_accuracy(name)
+            bias = bool(release and release.gdc_bias)
+            specs.append(ModelSpec(
+                name=name,
+                builder=builder,
+                config={"width": width, "stem_strides": stride, "use_bias": bias},
+                reported=reported,
+                source=source,
+                pretrained=release.name if release else None,
+                notes=("GDC_conv bias as the released checkpoint" if bias else
+                       "" if release else "no official weights released"),
+            ))
     return specs
 
 
-def _other_specs() -> List[ModelSpec]:
+def _other_specs() -> list[ModelSpec]:
     hassanpour = "Hassanpour & Kowsari, Lightweight Face Recognition: An Improved MobileFaceNet Model"
     specs = [
         ModelSpec("MobileFaceNet", MobileFaceNet, {}, source=hassanpour,
@@ -139,7 +107,7 @@ def _other_specs() -> List[ModelSpec]:
     return specs
 
 
-_REGISTRY: Dict[str, ModelSpec] = {}
+_REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(spec: ModelSpec) -> None:
@@ -171,7 +139,7 @@ def get_model_spec(name: str) -> ModelSpec:
         raise ModelNameError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
-def list_models(pattern: str = "") -> List[str]:
+def list_models(pattern: str = "") -> list[str]:
     """Registered model names, optionally only those containing `pattern` (case-insensitive).
 
     Example:
@@ -181,7 +149,7 @@ def list_models(pattern: str = "") -> List[str]:
     return [spec.name for spec in _REGISTRY.values() if pattern.lower() in spec.name.lower()]
 
 
-def create_model(name: str, pretrained: Union[bool, str, os.PathLike] = False, **overrides) -> keras.Model:
+def create_model(name: str, pretrained: bool | str | os.PathLike = False, **overrides) -> keras.Model:
     """Build a registered model by its paper name; keyword arguments override its defaults.
 
     Args:
@@ -233,7 +201,7 @@ def create_model(name: str, pretrained: Union[bool, str, os.PathLike] = False, *
     return spec.build(weights=source, **overrides)
 
 
-def model_zoo_table(names: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+def model_zoo_table(names: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per model: name, params, MFLOPs (MACs), input, reported accuracy, released weights (default:
     every registered model). Builds each model once to count it; `ghostface_keras.core.tables` prints the rows.
 

@@ -21,14 +21,15 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from ghostface_keras.core.errors import DataError
 from ghostface_keras.runtime.loading import LoadedModel, load_model
 from ghostface_keras.core.numeric import l2_normalize
-from ghostface_keras.core.preprocessing import normalize_images
+from ghostface_keras.core.preprocessing import flip_summed
 from ghostface_keras.core.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -121,26 +122,13 @@ def _compiled_tensorflow_forward(model: Any, flip: bool) -> BatchFunction:
 
     @tf.function(reduce_retracing=True)
     def forward(pixels):
-        inputs = normalize_images(pixels)
-        if not flip:
-            return model(inputs, training=False)
-        both = tf.concat([inputs, tf.reverse(inputs, axis=[2])], axis=0)
-        outputs = model(both, training=False)
-        half = tf.shape(inputs)[0]
-        return outputs[:half] + outputs[half:]
+        return flip_summed(lambda inputs: model(inputs, training=False), pixels, flip, one_call=True)
 
     return lambda pixels: forward(tf.convert_to_tensor(pixels)).numpy()
 
 
 def _runner_forward(runner: BatchFunction, flip: bool) -> BatchFunction:
-    def forward(pixels: np.ndarray) -> np.ndarray:
-        inputs = normalize_images(pixels)
-        outputs = np.asarray(runner(inputs), dtype=np.float32)
-        if flip:
-            outputs = outputs + np.asarray(runner(np.ascontiguousarray(inputs[:, :, ::-1])), dtype=np.float32)
-        return outputs
-
-    return forward
+    return lambda pixels: flip_summed(lambda inputs: np.asarray(runner(inputs), dtype=np.float32), pixels, flip)
 
 
 def _check_pixels(pixels: Any, size: int | None) -> np.ndarray:

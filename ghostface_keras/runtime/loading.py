@@ -34,7 +34,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -78,10 +79,10 @@ class LoadedModel:
     source: str
     format: str
     runner: Runner
-    input_size: Optional[int]
-    embedding_size: Optional[int]
+    input_size: int | None
+    embedding_size: int | None
     keras_model: Any = None
-    checkpoint: Optional[Checkpoint] = None
+    checkpoint: Checkpoint | None = None
     normalization: str = FACE_NORMALIZATION
 
     @property
@@ -140,7 +141,7 @@ def load_model(model: Any, identify: bool = True, check: bool = True) -> LoadedM
     return loaded
 
 
-def identify_checkpoint(loaded: LoadedModel) -> Optional[Checkpoint]:
+def identify_checkpoint(loaded: LoadedModel) -> Checkpoint | None:
     """The released checkpoint whose weights `loaded` runs, from its embeddings of the probe images."""
     probe = normalize_images(probe_images(loaded.input_size or 112))
     try:
@@ -156,7 +157,7 @@ def identify_checkpoint(loaded: LoadedModel) -> Optional[Checkpoint]:
     return checkpoint
 
 
-def _load_source(source: str, check: bool) -> tuple[LoadedModel, Optional[Checkpoint]]:
+def _load_source(source: str, check: bool) -> tuple[LoadedModel, Checkpoint | None]:
     path = Path(source)
     if not path.exists():
         check_model_source(source)
@@ -330,7 +331,7 @@ def _load_tflite(path: Path, check: bool = True) -> LoadedModel:
     return LoadedModel(str(path), "tflite", runner, size, embedding_size)
 
 
-def _tflite_checkpoint(path: Path) -> Optional[Checkpoint]:
+def _tflite_checkpoint(path: Path) -> Checkpoint | None:
     """The checkpoint our exporter recorded in the file (quantized files cannot be recognized by signature)."""
     from ghostface_keras.runtime.tflite_metadata import read_tflite_metadata
 
@@ -362,7 +363,7 @@ def _load_onnx(path: Path, check: bool = True) -> LoadedModel:
     return LoadedModel(str(path), "onnx", _in_chunks(run_fixed, static_batch, embedding_size), size, embedding_size)
 
 
-def _in_chunks(run_fixed: Runner, static_batch: Optional[int], embedding_size: int) -> Runner:
+def _in_chunks(run_fixed: Runner, static_batch: int | None, embedding_size: int) -> Runner:
     """A runner for any batch from one that needs `static_batch` rows (None / -1: any): the last chunk is padded
     with copies of its last image, and the padding rows are dropped."""
     def run(batch: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Optional
+from typing import Any
 
 METADATA_NAME = "ghostface_keras"
 _MAX_DOCUMENT_BYTES = 64 * 1024
@@ -40,7 +40,7 @@ class _Reader:
     def root(self) -> int:
         return self._unpack("<I", 0)
 
-    def field(self, table: int, number: int) -> Optional[int]:
+    def field(self, table: int, number: int) -> int | None:
         """Position of field `number` of the table at `table`, or None when absent."""
         vtable = table - self._unpack("<i", table)
         vtable_size = self._unpack("<H", vtable)
@@ -69,7 +69,7 @@ class _Reader:
         return default if position is None else self._unpack(fmt, position)
 
 
-def read_tflite_metadata(content: bytes) -> Optional[dict]:
+def read_tflite_metadata(content: bytes) -> dict | None:
     """Our JSON document from a `.tflite` file's bytes, or None (no entry, or not a readable flatbuffer).
 
     Example:

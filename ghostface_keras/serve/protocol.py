@@ -45,7 +45,8 @@ import json
 import logging
 import math
 import time
-from typing import IO, Any, BinaryIO, Callable, Iterator, Optional
+from typing import IO, Any, BinaryIO, Callable
+from collections.abc import Iterator
 
 from ghostface_keras.core.errors import GhostFaceError
 
@@ -231,7 +232,7 @@ def _face(request: dict[str, Any], pair: bool = False) -> Any:
     return parse_face_choice(value)
 
 
-def _number(value: Any, digits: int) -> Optional[float]:
+def _number(value: Any, digits: int) -> float | None:
     """A finite float rounded for JSON, or None (NaN and infinities are not JSON)."""
     value = float(value)
     return round(value, digits) if math.isfinite(value) else None
@@ -373,7 +374,7 @@ def _warnings_collected() -> Iterator[list[str]]:
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
-def request_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[Optional[bytes]]:
+def request_lines(stream: BinaryIO, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[bytes | None]:
     """The lines of `stream` (bytes, newline kept), or None for a line longer than `max_line_bytes`, which is
     read past in chunks without being held in memory.
 

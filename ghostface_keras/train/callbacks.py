@@ -13,7 +13,8 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
+from collections.abc import Iterable
 
 import keras
 from keras import ops
@@ -190,7 +191,7 @@ class StopAtAccuracy(keras.callbacks.Callback):
         >>> stopper = StopAtAccuracy(verification=None, target=0.95)
     """
 
-    def __init__(self, verification: "VerificationCallback | None", target: float):
+    def __init__(self, verification: VerificationCallback | None, target: float):
         super().__init__()
         self.verification, self.target = verification, float(target)
         self.reached_at: int | None = None

@@ -9,7 +9,8 @@ accuracy on MS1M / WebFace in the paper; 0.3 is safer on noisy data). The sample
 gradient; like insightface's PartialFC v2, the optimizer still steps every column (momentum and weight
 decay go on for the unsampled ones).
 
-The train step exists for TensorFlow and JAX (chosen by the Keras backend). Under a `tf.distribute`
+The train step is `ghostface_keras.train.step`'s (TensorFlow and JAX; `sam_rho > 0` adds SAM over the same
+sampled classes). Under a `tf.distribute`
 strategy every replica draws its own sample for its share of the batch; under `keras.distribution` (JAX,
 several devices or processes) one sample covers the classes of the global batch. Either way the gradients
 are all-reduced as usual (data parallel); the class-sharded, model-parallel head of the paper is not
@@ -34,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from ghostface_keras.train.heads import NormDense
-from ghostface_keras.train.optimizers import JaxStep, backend_train_step, track_training_loss
+from ghostface_keras.train.step import ComposedTrainStep
 
 
 def sampled_class_count(num_classes: int, sample_rate: float) -> int:
@@ -71,7 +72,7 @@ def sample_classes(labels, num_classes: int, num_sampled, seed=None):
 
 
 @keras.saving.register_keras_serializable(package="ghostface_keras")
-class PartialFCModel(keras.Model):
+class PartialFCModel(ComposedTrainStep, keras.Model):
     """`head(embedding_model(x))` whose `fit` computes the margin loss on sampled classes only.
 
     Args:
@@ -80,6 +81,8 @@ class PartialFCModel(keras.Model):
         sample_rate: fraction of the classes in each step's softmax (positives always included; at
             least the batch size of classes, at most all).
         seed: seed of the class sampling.
+        sam_rho: > 0 trains with sharpness-aware minimization as well: both passes of a step over the same
+            sampled classes (`ghostface_keras.train.step`).
 
     Calling the model (predict / evaluate) gives the cosines to *all* classes; only `train_step`
     samples. The loss and the metrics of a step see the K sampled classes and the labels renumbered
@@ -88,8 +91,11 @@ class PartialFCModel(keras.Model):
     """
 
     def __init__(self, embedding_model: keras.Model, head: NormDense, sample_rate: float = 0.1,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, sam_rho: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        if sam_rho < 0:
+            raise ValueError(f"SAM rho must be >= 0, got {sam_rho}")
+        self.sam_rho = float(sam_rho)
         if not isinstance(head, NormDense):
             raise TypeError(f"PartialFCModel needs a NormDense head, got {type(head).__name__}")
         self.embedding_model, self.head = embedding_model, head
@@ -106,48 +112,18 @@ class PartialFCModel(keras.Model):
     def call(self, inputs, training=None):
         return self.head(self.embedding_model(inputs, training=training))
 
-    def train_step(self, *args):
-        return backend_train_step(self, args, self._tensorflow_train_step, self._jax_train_step)
-
-    def _sampled_forward(self, x, y, sample_weight):
-        """Loss, cosines and renumbered labels of one step over the sampled classes."""
-        # at least the batch size, so every class of the batch fits; a shape, hence static under XLA
+    def step_classes(self, y):
+        """Every class of the batch plus random others, `max(batch, K)` in all (a shape, hence static under
+        XLA), and the labels renumbered into them."""
         batch = ops.shape(ops.reshape(y, (-1,)))[0]
         if isinstance(batch, int):
             num_sampled = min(max(batch, self.num_sampled), self.head.num_classes)
         else:
             num_sampled = ops.minimum(ops.maximum(batch, self.num_sampled), self.head.num_classes)
-        sampled, positions = sample_classes(y, self.head.num_classes, num_sampled, seed=self._sampling_seed)
-        y_pred = self.head(self.embedding_model(x, training=True), class_indices=sampled)
-        loss = self.compute_loss(x=x, y=positions, y_pred=y_pred, sample_weight=sample_weight, training=True)
-        return loss, y_pred, positions
+        return sample_classes(y, self.head.num_classes, num_sampled, seed=self._sampling_seed)
 
-    def _tensorflow_train_step(self, data):
-        import tensorflow as tf
-
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            loss, y_pred, positions = self._sampled_forward(x, y, sample_weight)
-            track_training_loss(self, loss, x)
-            scaled = self.optimizer.scale_loss(loss)
-        trainable = self.trainable_variables
-        gradients = tape.gradient(scaled, trainable)
-        self.optimizer.apply_gradients(zip(gradients, trainable))
-        return self.compute_metrics(x, positions, y_pred, sample_weight=sample_weight)
-
-    def _jax_train_step(self, state, data):
-        import jax
-
-        trainable, non_trainable, optimizer_values = state[:3]
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        step = JaxStep(self)
-
-        def scaled_loss(values):
-            return step.loss_and_updates(lambda: self._sampled_forward(x, y, sample_weight), values, non_trainable,
-                                         optimizer_values)
-
-        (_, (loss, y_pred, positions, updated)), gradients = jax.value_and_grad(scaled_loss, has_aux=True)(trainable)
-        return step.finish(gradients, state, loss, updated, x, positions, y_pred, sample_weight)
+    def step_forward(self, x, classes):
+        return self.head(self.embedding_model(x, training=True), class_indices=classes)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -156,6 +132,7 @@ class PartialFCModel(keras.Model):
             head=keras.saving.serialize_keras_object(self.head),
             sample_rate=self.sample_rate,
             seed=self.seed,
+            sam_rho=self.sam_rho,
         )
         return config
 

@@ -47,49 +47,74 @@ SCHEDULES = ("cosine", "exponential", "step", "constant")
 RUN_IDENTITY = ("model", "init_from", "loss", "sub_centers", "data", "demo")
 
 
+def _option(default: Any = None, help: str = "", **argparse: Any) -> Any:
+    """A `TrainingConfig` field with its help text (and any argparse detail, e.g. `choices`): the CLI's
+    parser is generated from these, so an option's default and meaning are written once. Help texts name
+    other settings in backticks (`init_from`), which the CLI shows as its options (`--init-from`)."""
+    factory = {"default_factory": list} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"help": help, **argparse})
+
+
 @dataclass
 class TrainingConfig:
-    """Every setting of a training run (the options of `train.py`, with `_` for `-`). None = recipe default."""
+    """Every setting of a training run: the options of `train.py` are these fields (`_` for `-`), their help
+    texts and defaults. None = recipe default (`resolve_defaults`); `demo=True` takes `DEMO_SETTINGS` for every
+    field left at its default (`apply_presets`).
 
-    data: str | None = None
-    model: str = "GhostFaceNetV1-1.3-2"
-    epochs: int = 20
-    batch_size: int = 128  # the global batch, over all devices of all processes
-    output: str = os.path.join("runs", "train")
-    loss: str = "arcface"
-    margin: float | None = None
-    scale: float | None = None
-    sub_centers: int = 1
-    optimizer: str | None = None
-    sam_rho: float = 0.05
-    partial_fc_rate: float = 1.0
-    lr: float | None = None
-    weight_decay: float | None = None
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    augment: Any = "flip"
-    eval_bins: list = field(default_factory=list)
-    eval_every: int = 1
-    stop_at: float | None = None
-    mixed_precision: bool = False
-    init_from: str | None = None
-    freeze_backbone_epochs: int | None = None
-    resume: bool = False
-    seed: int = 0
-    steps_per_execution: int = 1
-    jit_compile: bool = False
-    log_steps: bool = False
-    demo: bool = False
-    export_tflite: bool = False
-    devices: int | None = None
-    cpu_devices: int | None = None
-    coordinator: str | None = None
-    num_processes: int = 1
-    process_id: int = 0
-    init_timeout: float = 300.0
+    Example:
+        >>> config = apply_presets(TrainingConfig(demo=True, epochs=3))
+        >>> config.model, config.epochs, config.output
+        ('GhostFaceNetV1-0.5-2', 3, 'runs/demo')
+    """
+
+    data: str | None = _option(help="identity folders ROOT/<id>/<img>, or a RecordIO train.rec / its folder")
+    model: str = _option("GhostFaceNetV1-1.3-2", "registered model name (see ghostface-zoo)")
+    epochs: int = _option(20, "training epochs")
+    batch_size: int = _option(128, "global batch size, over all devices of all processes")
+    output: str | None = _option(help="output directory (default: runs/train, or runs/demo with `demo`)")
+    loss: str = _option("arcface", "margin loss", choices=LOSSES)
+    margin: float | None = _option(help="loss margin (default: the loss's paper default; ArcFace 0.3 with adamw)")
+    scale: float | None = _option(help="logit scale s (default 64 with sgd/sam, whose first epoch uses 32; "
+                                       "32 with adamw)")
+    sub_centers: int = _option(1, "sub-centers per class (Sub-center ArcFace)")
+    optimizer: str | None = _option(help="default adamw from scratch (SGD 0.1 diverges on small datasets), sgd "
+                                         "with `init_from`; sam = SGD with sharpness-aware minimization (`sam_rho`)",
+                                    choices=OPTIMIZERS)
+    sam_rho: float = _option(0.05, "SAM neighbourhood radius (`optimizer` sam)")
+    partial_fc_rate: float = _option(1.0, "partial FC: each step's softmax covers this fraction of the classes "
+                                          "(batch classes + random others), e.g. 0.1 for 1 M identities; "
+                                          "1 = full softmax")
+    lr: float | None = _option(help="base LR (default sgd 0.1 from scratch, 0.01 fine-tuning; adamw 2e-3 / 1e-4)")
+    weight_decay: float | None = _option(help="decoupled weight decay (default 5e-4 sgd, 0.05 adamw)")
+    schedule: str = _option("cosine", "LR schedule", choices=SCHEDULES)
+    warmup_epochs: float = _option(0.0, "linear LR warm-up epochs")
+    augment: Any = _option("flip", "augmentation level 0-3 or a name (see ghostface_keras.data)")
+    eval_bins: list = _option([], "verification .bin files evaluated every `eval_every` epochs", nargs="*")
+    eval_every: int = _option(1, "evaluate every N epochs")
+    stop_at: float | None = _option(help="stop once the last `eval_bins` set reaches this accuracy (`demo`: 0.96)")
+    mixed_precision: bool = _option(False, "mixed_float16 (GPUs)")
+    init_from: str | None = _option(help="start from weights: an official .h5 or a .keras embedding model")
+    freeze_backbone_epochs: int | None = _option(help="train only the head first for N epochs (default 1 with "
+                                                      "`init_from`, else 0)")
+    resume: bool = _option(False, "continue the run in `output` where it stopped")
+    seed: int = _option(0, "random seed of weights, data order and augmentation")
+    steps_per_execution: int = _option(1, "batches per call of the compiled train step (fewer host round trips "
+                                          "on GPUs)")
+    jit_compile: bool = _option(False, "compile the train step with XLA (always on JAX)")
+    log_steps: bool = _option(False, "also write every step's loss to steps.json in `output`")
+    demo: bool = _option(False, "train on generated synthetic identities (CPU minutes), with recipes.DEMO_SETTINGS "
+                                "for every option left at its default")
+    export_tflite: bool = _option(False, "also export model.tflite into `output` at the end")
+    devices: int | None = _option(help="local devices per process (default: every accelerator on JAX, one on "
+                                       "TensorFlow, where N > 1 means MirroredStrategy)")
+    cpu_devices: int | None = _option(help="split the CPU into N logical devices (data parallel without GPUs)")
+    coordinator: str | None = _option(help="HOST:PORT of process 0: multi-process / multi-host training (JAX)")
+    num_processes: int = _option(1, "processes of the run (with `coordinator`)")
+    process_id: int = _option(0, "this process's rank, 0..N-1 (0 writes the files)")
+    init_timeout: float = _option(300.0, "seconds to wait for every process to join the coordinator")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
+    def from_dict(cls, values: dict) -> TrainingConfig:
         """A config from a dict of field values; unknown keys are refused with one line."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -101,47 +126,68 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
+# `demo=True`: settings that finish in a few CPU minutes on generated identities and export a TFLite file
+DEMO_SETTINGS = {"model": "GhostFaceNetV1-0.5-2", "epochs": 10, "batch_size": 32, "optimizer": "adamw", "lr": 2e-3,
+                 "scale": 32.0, "margin": 0.3, "stop_at": 0.96, "export_tflite": True}
+
+
+def apply_presets(config: TrainingConfig) -> TrainingConfig:
+    """The demo preset (`DEMO_SETTINGS` for every field still at its default) and the default output folder;
+    in place, and idempotent. `train` calls it; call it yourself to see what a config will run."""
+    if config.demo:
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        for key, value in DEMO_SETTINGS.items():
+            if getattr(config, key) == defaults[key]:
+                setattr(config, key, value)
+    if config.output is None:
+        config.output = os.path.join("runs", "demo" if config.demo else "train")
+    return config
+
+
 def validate(config: TrainingConfig) -> None:
-    """Refuse impossible settings with one line each, before anything is loaded or written."""
+    """Refuse impossible settings with one line each (a `GhostFaceError` whose `fields` are the settings it
+    names), before anything is loaded or written."""
     checks = [
-        (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"--batch-size must be >= 1, got {config.batch_size}"),
-        (config.lr is None or (np.isfinite(config.lr) and config.lr > 0), f"--lr must be > 0, got {config.lr}"),
+        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}", ("epochs",)),
+        (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}", ("batch_size",)),
+        (config.lr is None or (np.isfinite(config.lr) and config.lr > 0), f"lr must be > 0, got {config.lr}",
+         ("lr",)),
         (config.weight_decay is None or config.weight_decay >= 0,
-         f"--weight-decay must be >= 0, got {config.weight_decay}"),
-        (config.scale is None or config.scale > 0, f"--scale must be > 0, got {config.scale}"),
-        (config.sub_centers >= 1, f"--sub-centers must be >= 1, got {config.sub_centers}"),
-        (0.0 < config.partial_fc_rate <= 1.0, f"--partial-fc-rate must be in (0, 1], got {config.partial_fc_rate}"),
-        (not (config.partial_fc_rate < 1.0 and config.optimizer == "sam"),
-         "--partial-fc-rate < 1 cannot be combined with --optimizer sam"),
-        (config.sam_rho >= 0, f"--sam-rho must be >= 0, got {config.sam_rho}"),
-        (config.eval_every >= 1, f"--eval-every must be >= 1, got {config.eval_every}"),
-        (config.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {config.warmup_epochs}"),
-        (config.steps_per_execution >= 1, f"--steps-per-execution must be >= 1, got {config.steps_per_execution}"),
-        (config.loss in LOSSES, f"--loss must be one of {LOSSES}, got {config.loss!r}"),
+         f"weight_decay must be >= 0, got {config.weight_decay}", ("weight_decay",)),
+        (config.scale is None or config.scale > 0, f"scale must be > 0, got {config.scale}", ("scale",)),
+        (config.sub_centers >= 1, f"sub_centers must be >= 1, got {config.sub_centers}", ("sub_centers",)),
+        (0.0 < config.partial_fc_rate <= 1.0, f"partial_fc_rate must be in (0, 1], got {config.partial_fc_rate}",
+         ("partial_fc_rate",)),
+        (config.sam_rho >= 0, f"sam_rho must be >= 0, got {config.sam_rho}", ("sam_rho",)),
+        (config.eval_every >= 1, f"eval_every must be >= 1, got {config.eval_every}", ("eval_every",)),
+        (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}", ("warmup_epochs",)),
+        (config.steps_per_execution >= 1, f"steps_per_execution must be >= 1, got {config.steps_per_execution}",
+         ("steps_per_execution",)),
+        (config.loss in LOSSES, f"loss must be one of {LOSSES}, got {config.loss!r}", ("loss",)),
         (config.optimizer is None or config.optimizer in OPTIMIZERS,
-         f"--optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}"),
-        (config.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}, got {config.schedule!r}"),
-        (config.demo or bool(config.data), "--data is required (or use --demo)"),
+         f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}", ("optimizer",)),
+        (config.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {config.schedule!r}",
+         ("schedule",)),
+        (config.demo or bool(config.data), "data is required (or use demo)", ("data", "demo")),
     ]
-    for ok, message in checks:
+    for ok, message, fields in checks:
         if not ok:
-            raise GhostFaceError(message)
+            raise GhostFaceError(message, fields=fields)
     _check_paths(config)
 
 
 def _check_paths(config: TrainingConfig) -> None:
-    """Missing data, checkpoints or .bin files and an unwritable --output, named in one line before anything
+    """Missing data, checkpoints or .bin files and an unwritable output, named in one line before anything
     loads (the backend import alone takes seconds)."""
     from ghostface_keras.core.files import check_input_paths, check_output_path
     from ghostface_keras.weights.checkpoints import check_model_source
 
     if not config.demo and not Path(config.data).exists():
-        raise DataError(f"--data {config.data}: no such file or directory")
+        raise DataError(f"data {config.data}: no such file or directory", fields=("data",))
     check_input_paths((path, ".bin file") for path in config.eval_bins)
     if config.init_from:
         check_model_source(config.init_from)
-    check_output_path(config.output, "folder")
+    check_output_path(config.output or os.path.join("runs", "train"), "folder")
 
 
 def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
@@ -218,8 +264,8 @@ def fine_tuning_model(path: str | os.PathLike):
     loaded = load_model(path, identify=False)
     model = loaded.keras_model
     if model is None:
-        raise GhostFaceError(f"--init-from {path}: a {loaded.format} file cannot be trained; give a .keras or .h5 "
-                             "model, or a released checkpoint name")
+        raise GhostFaceError(f"init_from {path}: a {loaded.format} file cannot be trained; give a .keras or .h5 "
+                             "model, or a released checkpoint name", fields=("init_from",))
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
@@ -235,7 +281,7 @@ def embedding_model(config: TrainingConfig):
     try:
         return create_model(config.model, weight_decay=0.0)
     except (KeyError, ValueError) as error:
-        raise ModelNameError(f"--model {config.model}: {error}") from error
+        raise ModelNameError(f"model {config.model}: {error}", fields=("model",)) from error
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -248,7 +294,7 @@ def training_data(config: TrainingConfig, shard: dict | None = None):
 
     path = Path(config.data)
     if not path.exists():
-        raise DataError(f"--data {path}: no such file or directory")
+        raise DataError(f"data {path}: no such file or directory", fields=("data",))
     is_rec = path.suffix == ".rec" or (path.is_dir() and (path / "train.rec").is_file())
     reader = recordio_dataset if is_rec else image_folder_dataset
     augment = int(config.augment) if str(config.augment).isdigit() else config.augment
@@ -323,6 +369,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     """
     from ghostface_keras.core.distribution import LostProcessError, setup_cluster, use_cpu_devices
 
+    apply_presets(config)
     validate(config)
     resolve_defaults(config)
     if config.cpu_devices:
@@ -340,7 +387,7 @@ def train(config: TrainingConfig) -> TrainingResult:
             raise LostProcessError(
                 f"process {cluster.process_id} of {cluster.num_processes}: a step across processes failed, most "
                 f"likely another process died or was stopped ({first[:240]}); the last finished epoch is in "
-                f"{config.output}: restart every process with --resume") from error
+                f"{config.output}: restart every process with resume", fields=("resume",)) from error
         raise
 
 
@@ -363,7 +410,7 @@ def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
     agree_on_writer_check(lambda: prepare_output_dir(output))
     resuming = bool(broadcast_from_writer(config.resume and (output / STATE_FILE).is_file()))
     if config.resume and not resuming:
-        logger.warning("--resume: no training state in %s, starting from scratch", output)
+        logger.warning("resume: no training state in %s, starting from scratch", output)
     if resuming:
         agree_on_writer_check(lambda: _check_same_run(output, config))
     keras.utils.set_random_seed(config.seed)
@@ -407,11 +454,12 @@ def _check_same_run(output: Path, config: TrainingConfig) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # no readable config: the training state's own shape checks still guard the weights
-    changed = [f"--{key.replace('_', '-')} {saved.get(key)!r} -> {getattr(config, key)!r}"
+    changed = [f"{key} {saved.get(key)!r} -> {getattr(config, key)!r}"
                for key in RUN_IDENTITY if key in saved and saved.get(key) != getattr(config, key)]
     if changed:
-        raise GhostFaceError(f"--resume {output}: the run was started with other settings ({'; '.join(changed)}): "
-                             "resume with the same ones, or train into another --output")
+        raise GhostFaceError(f"resume {output}: the run was started with other settings ({'; '.join(changed)}): "
+                             "resume with the same ones, or train into another output",
+                             fields=("resume", "output", *RUN_IDENTITY))
 
 
 _EXPORT_SCRIPT = """
@@ -446,5 +494,5 @@ def export_tflite_file(model_path: Path, tflite_path: Path) -> Path | None:
     return tflite_path
 
 
-__all__ = ["TrainingConfig", "TrainingResult", "official_stages", "resolve_defaults", "train", "validate",
+__all__ = ["TrainingConfig", "TrainingResult", "DEMO_SETTINGS", "apply_presets", "official_stages", "resolve_defaults", "train", "validate",
            "fine_tuning_model", "training_data", "demo_data", "export_tflite_file"]

@@ -18,7 +18,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -65,7 +66,8 @@ class Stage:
     `freeze_backbone` trains the head only (the embedding model is frozen, BatchNorm in inference mode);
     `sam_rho > 0` trains with sharpness-aware minimization (`optimizers.SAMModel`); `partial_fc_rate < 1`
     computes each step's softmax over that fraction of the classes only (`partial_fc.PartialFCModel`:
-    every class of the batch plus random others), for heads of hundreds of thousands of identities.
+    every class of the batch plus random others), for heads of hundreds of thousands of identities; both
+    together train SAM over the sampled classes (one step, `ghostface_keras.train.step`).
 
     Example:
         >>> from ghostface_keras.train.losses import ArcFace
@@ -80,7 +82,7 @@ class Stage:
     partial_fc_rate: float = 1.0
 
     @classmethod
-    def coerce(cls, value: "Stage | dict") -> "Stage":
+    def coerce(cls, value: Stage | dict) -> Stage:
         """Accept a Stage or a dict with the same keys (`epoch` is accepted for `epochs`, as officially)."""
         if isinstance(value, Stage):
             return value
@@ -217,15 +219,14 @@ class Trainer:
     def _build_model(self, stage: Stage) -> keras.Model:
         self._set_backbone_trainable(not stage.freeze_backbone)
         self.head.append_norm = bool(getattr(stage.loss, "needs_norm", False))
-        custom = "SAM" if stage.sam_rho > 0 else "partial FC" if stage.partial_fc_rate < 1.0 else None
+        custom = " and ".join(name for name, used in (("SAM", stage.sam_rho > 0),
+                                                      ("partial FC", stage.partial_fc_rate < 1.0)) if used)
         if custom and self.cluster.backend not in ("tensorflow", "jax"):
             raise GhostFaceError(f"{custom} has train steps for the TensorFlow and JAX backends, not "
                                  f"{self.cluster.backend} (plain stages train on every backend)")
-        if stage.partial_fc_rate < 1.0:
-            if stage.sam_rho > 0:
-                raise GhostFaceError("a stage cannot combine SAM (sam_rho > 0) with partial FC (partial_fc_rate < 1)")
+        if stage.partial_fc_rate < 1.0:  # with SAM too when sam_rho > 0: one composed step (train/step.py)
             return PartialFCModel(self.embedding_model, self.head, sample_rate=stage.partial_fc_rate,
-                                  name="face_training_partial_fc")
+                                  sam_rho=stage.sam_rho, name="face_training_partial_fc")
         inputs = keras.Input(self.embedding_model.input_shape[1:], name="image")
         outputs = self.head(self.embedding_model(inputs))
         if stage.sam_rho > 0:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Tuple
 
 import keras
 
@@ -97,7 +96,7 @@ def _embedding_model(model: keras.Model) -> keras.Model:
     return model
 
 
-def _shapes(layer) -> List[Tuple[int, ...]]:
+def _shapes(layer) -> list[tuple[int, ...]]:
     return [tuple(int(d) for d in w.shape) for w in layer.weights]
 
 
@@ -145,9 +144,9 @@ def _snake_case(name: str) -> str:
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _keras3_entries(model: keras.Model) -> List[Tuple[str, keras.layers.Layer]]:
+def _keras3_entries(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
     """(entry path, layer) in the order and with the names Keras 3 writes a Functional model's layers."""
-    used: Dict[str, int] = {}
+    used: dict[str, int] = {}
     entries = []
     for layer in model.layers:
         name = _snake_case(type(layer).__name__)
@@ -160,7 +159,7 @@ def _keras3_entries(model: keras.Model) -> List[Tuple[str, keras.layers.Layer]]:
     return entries
 
 
-def _stored_shapes(group) -> Optional[List[Tuple[int, ...]]]:
+def _stored_shapes(group) -> list[tuple[int, ...]] | None:
     if group is None or "vars" not in group:
         return None
     variables = group["vars"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -52,7 +52,8 @@ class Checkpoint:
     """A released checkpoint.
 
     `model` is the registry name of the architecture it converts to; `reported` are the official README's
-    accuracies in % (IJB at TAR@FAR=1e-4); `threshold` is the measured cosine verification threshold (None:
+    accuracies in % (IJB at TAR@FAR=1e-4); `gdc_bias` says whether the file's GDC_conv has a bias (the
+    registry builds the model that way); `threshold` is the measured cosine verification threshold (None:
     not measured, `FALLBACK_THRESHOLD` applies); `signature` identifies the weights in any file format
     (see `signature_of`)."""
 
@@ -62,10 +63,11 @@ class Checkpoint:
     release: str
     loss: str
     training_set: str
-    sha256: Optional[str] = None
+    sha256: str | None = None
     reported: Mapping[str, float] = field(default_factory=dict)
-    threshold: Optional[float] = None
-    signature: Tuple[float, ...] = ()
+    gdc_bias: bool = False
+    threshold: float | None = None
+    signature: tuple[float, ...] = ()
     notes: str = ""
 
     @property
@@ -73,7 +75,7 @@ class Checkpoint:
         return f"{RELEASES}/{self.release}/{self.filename}"
 
 
-CHECKPOINTS: Dict[str, Checkpoint] = {c.name.lower(): c for c in (
+CHECKPOINTS: dict[str, Checkpoint] = {c.name.lower(): c for c in (
     Checkpoint("GhostFaceNetV1-0.5-2-ArcFace-MS1MV2", "GhostFaceNetV1-0.5-2", "GN_W0.5_S2_ArcFace_epoch16.h5", "v1.0",
                "ArcFace", "MS1MV2", sha256="2beca52a2aeadfa81ed5ebab35e2a58f7c79e3c1ffda80a31511861870151715",
                reported={"LFW": 99.783, "CFP-FP": 83.4, "AgeDB-30": 91.13},
@@ -93,21 +95,46 @@ CHECKPOINTS: Dict[str, Checkpoint] = {c.name.lower(): c for c in (
     Checkpoint("GhostFaceNetV1-1.3-1-ArcFace-MS1MV3", "GhostFaceNetV1-1.3-1", "GhostFaceNet_W1.3_S1_ArcFace.h5", "v1.2",
                "ArcFace", "MS1MV3",
                reported={"LFW": 99.73, "CFP-FP": 96.83, "AgeDB-30": 98.00, "IJB-B": 93.12, "IJB-C": 94.94},
+               gdc_bias=True,
                notes="the checkpoint deepface uses"),
     Checkpoint("GhostFaceNetV1-1.3-2-ArcFace-MS1MV3", "GhostFaceNetV1-1.3-2", "GhostFaceNet_W1.3_S2_ArcFace.h5", "v1.3",
                "ArcFace", "MS1MV3",
-               reported={"LFW": 99.68, "CFP-FP": 93.31, "AgeDB-30": 96.92, "IJB-B": 91.25, "IJB-C": 93.45}),
+               reported={"LFW": 99.68, "CFP-FP": 93.31, "AgeDB-30": 96.92, "IJB-B": 91.25, "IJB-C": 93.45},
+               gdc_bias=True),
     Checkpoint("GhostFaceNetV1-1.3-1-ArcFace-MS1MV2", "GhostFaceNetV1-1.3-1", "GN_W1.3_S1_ArcFace_epoch46.h5", "v1.4",
                "ArcFace", "MS1MV2",
-               reported={"LFW": 99.7667, "CFP-FP": 95.64, "AgeDB-30": 97.58, "IJB-B": 92.19, "IJB-C": 94.06}),
+               reported={"LFW": 99.7667, "CFP-FP": 95.64, "AgeDB-30": 97.58, "IJB-B": 92.19, "IJB-C": 94.06},
+               gdc_bias=True),
     Checkpoint("GhostFaceNetV1-1.3-2-ArcFace-MS1MV2", "GhostFaceNetV1-1.3-2", "GN_W1.3_S2_ArcFace_epoch48.h5", "v1.5",
                "ArcFace", "MS1MV2",
-               reported={"LFW": 99.65, "CFP-FP": 91.51, "AgeDB-30": 96.18, "IJB-B": 90.53, "IJB-C": 92.66}),
+               reported={"LFW": 99.65, "CFP-FP": 91.51, "AgeDB-30": 96.18, "IJB-B": 90.53, "IJB-C": 92.66},
+               gdc_bias=True),
     Checkpoint("GhostFaceNetV1-1.3-1-CosFace-MS1MV2", "GhostFaceNetV1-1.3-1", "epoch17.h5", "v1.6",
-               "CosFace", "MS1MV2", reported={"LFW": 99.7167, "CFP-FP": 94.7429, "AgeDB-30": 97.1833}),
+               "CosFace", "MS1MV2", reported={"LFW": 99.7167, "CFP-FP": 94.7429, "AgeDB-30": 97.1833},
+               gdc_bias=True),
     Checkpoint("GhostFaceNetV1-1.3-2-SubCenterArcFace-MS1MV2", "GhostFaceNetV1-1.3-2", "epoch17.h5", "v1.7",
-               "Sub-center ArcFace", "MS1MV2", reported={"LFW": 99.633, "CFP-FP": 90.73, "AgeDB-30": 95.6}),
+               "Sub-center ArcFace", "MS1MV2", reported={"LFW": 99.633, "CFP-FP": 90.73, "AgeDB-30": 95.6},
+               gdc_bias=True),
 )}
+
+# Width-1.3 files come from GhostFaceNets_with_Bias.py, the only official builder that produces width 1.3,
+# which always adds the GDC_conv bias (deepface's loader for the W1.3-S1 release builds it with a bias too);
+# the W0.5 and W1 files have none (read from the files).
+
+# What the official README reports for variants it released no weights for (ArcFace, MS1MV2): facts about
+# architectures, kept beside the released ones so that every reported figure has this one home.
+REPORTED_WITHOUT_WEIGHTS: dict[str, Mapping[str, float]] = {
+    "ghostfacenetv1-1.2-2": {"LFW": 99.53, "CFP-FP": 90.13, "AgeDB-30": 95.62},
+    "ghostfacenetv1-1.4-2": {"LFW": 99.6167, "CFP-FP": 90.8857, "AgeDB-30": 95.78},
+    "ghostfacenetv1-2-1": {"LFW": 99.77, "CFP-FP": 96.56, "AgeDB-30": 97.47},
+    "ghostfacenetv2-1-2": {"LFW": 99.65, "CFP-FP": 92.9, "AgeDB-30": 96.212},
+    "ghostfacenetv2-1.1-2": {"LFW": 99.6, "CFP-FP": 91.814, "AgeDB-30": 95.683},
+    "ghostfacenetv2-1.2-2": {"LFW": 99.633, "CFP-FP": 92.686, "AgeDB-30": 95.9},
+    "ghostfacenetv2-1.3-2": {"LFW": 99.717, "CFP-FP": 93.071, "AgeDB-30": 96.55, "IJB-B": 91.7624},
+    "ghostfacenetv2-1.4-2": {"LFW": 99.683, "CFP-FP": 91.986, "AgeDB-30": 95.983},
+    "ghostfacenetv2-1.5-2": {"LFW": 99.7, "CFP-FP": 93.9, "AgeDB-30": 96.483},
+}
+REPORTED_SOURCE = "official GhostFaceNets README, {loss}, {training_set}"
 
 # The checkpoint a registry model name stands for (`load_pretrained("GhostFaceNetV1-1.3-1")`): the best one.
 DEFAULT_FOR_MODEL = {
@@ -118,7 +145,38 @@ DEFAULT_FOR_MODEL = {
 }
 
 
-def list_pretrained() -> List[str]:
+def default_checkpoint(model: str) -> Checkpoint | None:
+    """The released checkpoint a registry model name stands for (its best one), or None when the model has
+    no released weights.
+
+    Example:
+        >>> default_checkpoint("GhostFaceNetV1-1.3-2").training_set
+        'MS1MV3'
+        >>> default_checkpoint("GhostFaceNetV2-1-2") is None
+        True
+    """
+    key = DEFAULT_FOR_MODEL.get(canonical_name(model))
+    return CHECKPOINTS[key] if key else None
+
+
+def reported_accuracy(model: str) -> tuple[Mapping[str, float], str]:
+    """What the official README reports for a registry model, and where from: the figures of its default
+    checkpoint when it has released weights (so they describe the weights `pretrained=True` loads), else the
+    README's figures for the architecture; `({}, "")` when nothing is reported.
+
+    Example:
+        >>> accuracy, source = reported_accuracy("GhostFaceNetV1-1.3-2")
+        >>> accuracy["LFW"], source
+        (99.68, 'official GhostFaceNets README, ArcFace, MS1MV3')
+    """
+    checkpoint = default_checkpoint(model)
+    if checkpoint is not None:
+        return checkpoint.reported, REPORTED_SOURCE.format(loss=checkpoint.loss, training_set=checkpoint.training_set)
+    reported = REPORTED_WITHOUT_WEIGHTS.get(canonical_name(model), {})
+    return reported, REPORTED_SOURCE.format(loss="ArcFace", training_set="MS1MV2") if reported else ""
+
+
+def list_pretrained() -> list[str]:
     """Names of the released checkpoints.
 
     Example:
@@ -128,7 +186,7 @@ def list_pretrained() -> List[str]:
     return [checkpoint.name for checkpoint in CHECKPOINTS.values()]
 
 
-def find_checkpoint(name: str) -> Optional[Checkpoint]:
+def find_checkpoint(name: str) -> Checkpoint | None:
     """The checkpoint a name stands for, or None: a checkpoint name, a registry model name with a release
     (its best checkpoint), or an official release file name (unique ones only: two releases are `epoch17.h5`).
 
@@ -161,7 +219,7 @@ def get_checkpoint(name: str) -> Checkpoint:
     return checkpoint
 
 
-def checkpoint_threshold(checkpoint: Optional[Checkpoint]) -> float:
+def checkpoint_threshold(checkpoint: Checkpoint | None) -> float:
     """The verification threshold of a checkpoint: measured, else `FALLBACK_THRESHOLD`.
 
     Example:
@@ -208,7 +266,7 @@ def signature_of(raw_embeddings: np.ndarray) -> np.ndarray:
     return projected / max(float(np.linalg.norm(projected)), 1e-12)
 
 
-def match_signature(signature: np.ndarray) -> Optional[Checkpoint]:
+def match_signature(signature: np.ndarray) -> Checkpoint | None:
     """The released checkpoint whose recorded signature this one matches, or None.
 
     Example:
@@ -227,12 +285,12 @@ def match_signature(signature: np.ndarray) -> Optional[Checkpoint]:
     return best
 
 
-def rounded_signature(signature: Sequence[float]) -> Tuple[float, ...]:
+def rounded_signature(signature: Sequence[float]) -> tuple[float, ...]:
     """The signature as it is written in `CHECKPOINTS` (4 decimals)."""
     return tuple(round(float(value), 4) for value in signature)
 
 
-def check_model_source(source: "str | os.PathLike") -> None:
+def check_model_source(source: str | os.PathLike) -> None:
     """Refuse, in one line and without loading anything, a model argument that cannot be loaded: a missing
     file, or a name that is neither a file nor a released checkpoint. Commands call it before slow work.
 

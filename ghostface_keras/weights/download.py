@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import re
-from typing import Optional
 
 from ghostface_keras.weights.checkpoints import Checkpoint, get_checkpoint
 from ghostface_keras.core.errors import GhostFaceError
@@ -70,7 +69,7 @@ def recorded_sha256(path: str) -> list[str]:
     return hashes
 
 
-def verify_sha256(path: str, expected: Optional[str], where: str) -> None:
+def verify_sha256(path: str, expected: str | None, where: str) -> None:
     """Check `path` against `expected` (from `where`); with no expectation, record its hash for later loads."""
     actual = file_sha256(path)
     if expected is None:
@@ -82,7 +81,7 @@ def verify_sha256(path: str, expected: Optional[str], where: str) -> None:
                               "the released one; delete it to download it again")
 
 
-def fetch(checkpoint: Checkpoint, cache_dir: str, origin: Optional[str], sha256: Optional[str]) -> str:
+def fetch(checkpoint: Checkpoint, cache_dir: str, origin: str | None, sha256: str | None) -> str:
     import keras
 
     target = os.path.join(cache_dir, CACHE_SUBDIR, checkpoint.release, checkpoint.filename)
@@ -102,8 +101,8 @@ def fetch(checkpoint: Checkpoint, cache_dir: str, origin: Optional[str], sha256:
 
 
 
-def fetch_checkpoint(name: str, cache_dir: Optional[str] = None, origin: Optional[str] = None,
-                     sha256: Optional[str] = None) -> str:
+def fetch_checkpoint(name: str, cache_dir: str | None = None, origin: str | None = None,
+                     sha256: str | None = None) -> str:
     """The local path of the released `.h5` of `name` (a checkpoint or registry model name), downloaded once
     into `<cache_dir>/ghostface_keras/<release>/` and verified (published, pinned or first-use sha256).
 

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,17 +33,17 @@ class OfficialLayer:
     name: str
     class_name: str
     config: dict
-    inbound: List[str]
-    weights: List[np.ndarray]
+    inbound: list[str]
+    weights: list[np.ndarray]
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading the file
 # ----------------------------------------------------------------------------------------------
 
-def _inbound_names(inbound_nodes) -> List[str]:
+def _inbound_names(inbound_nodes) -> list[str]:
     """Names of the layers feeding a layer, in argument order, from a Keras 2 or Keras 3 config."""
-    names: List[str] = []
+    names: list[str] = []
 
     def walk(item):
         if isinstance(item, dict):
@@ -69,10 +69,10 @@ def _inbound_names(inbound_nodes) -> List[str]:
     return names
 
 
-def _read_weight_groups(group, path: str) -> Dict[str, List[Tuple[str, np.ndarray]]]:
+def _read_weight_groups(group, path: str) -> dict[str, list[tuple[str, np.ndarray]]]:
     """(weight name, array) pairs per weight group of a Keras 2 h5 file, in `weight_names` order
     (the true order; the datasets themselves are listed alphabetically)."""
-    groups: Dict[str, List[Tuple[str, np.ndarray]]] = {}
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     try:
         layer_names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
     except KeyError:
@@ -88,7 +88,7 @@ def _read_weight_groups(group, path: str) -> Dict[str, List[Tuple[str, np.ndarra
     return groups
 
 
-def _weights_by_layer(groups, layer_names) -> Dict[str, List[np.ndarray]]:
+def _weights_by_layer(groups, layer_names) -> dict[str, list[np.ndarray]]:
     """Weights per layer; a nested model's group (a name that is not one of the layers) holds the
     weights of all its layers, named "<layer>/<weight>:0", and is split by layer."""
     weights = {name: [array for _, array in pairs] for name, pairs in groups.items() if name in layer_names}
@@ -101,7 +101,7 @@ def _weights_by_layer(groups, layer_names) -> Dict[str, List[np.ndarray]]:
     return weights
 
 
-def _layers_from_config(model_config: dict) -> Tuple[List[dict], List[str]]:
+def _layers_from_config(model_config: dict) -> tuple[list[dict], list[str]]:
     """The embedding model's layer configs and output names, descending into a nested model if the
     file is a training model with the embedding model inside."""
     config = model_config.get("config", model_config)
@@ -118,7 +118,7 @@ def _layers_from_config(model_config: dict) -> Tuple[List[dict], List[str]]:
     return layers, outputs
 
 
-def read_official(path: str) -> Tuple[Dict[str, OfficialLayer], List[str], dict]:
+def read_official(path: str) -> tuple[dict[str, OfficialLayer], list[str], dict]:
     """Parse the file into {name: layer} with inbound names and weights, plus outputs and root attrs."""
     import h5py
 
@@ -141,7 +141,7 @@ def read_official(path: str) -> Tuple[Dict[str, OfficialLayer], List[str], dict]
         raise ConversionError(f"{path}: unreadable model_config JSON ({error})") from None
     names = [entry.get("name") or entry.get("config", {}).get("name") for entry in layer_configs]
     weights = _weights_by_layer(groups, set(names))
-    layers: Dict[str, OfficialLayer] = {}
+    layers: dict[str, OfficialLayer] = {}
     for entry in layer_configs:
         name = entry.get("name") or entry.get("config", {}).get("name")
         layers[name] = OfficialLayer(name, entry.get("class_name", ""), entry.get("config", {}),
@@ -152,7 +152,7 @@ def read_official(path: str) -> Tuple[Dict[str, OfficialLayer], List[str], dict]
     return layers, outputs, attrs
 
 
-def _class_from_weights(name: str, arrays: List[np.ndarray]) -> str:
+def _class_from_weights(name: str, arrays: list[np.ndarray]) -> str:
     """Layer class of a weights-only entry, from its auto name or its weights' shapes."""
     if name.startswith("depthwise_conv2d") or name.endswith("dw_conv") or name == "GDC_dw":
         return "DepthwiseConv2D"
@@ -165,7 +165,7 @@ def _class_from_weights(name: str, arrays: List[np.ndarray]) -> str:
     return "Conv2D"
 
 
-def _layers_from_weights_only(path: str, groups) -> Dict[str, OfficialLayer]:
+def _layers_from_weights_only(path: str, groups) -> dict[str, OfficialLayer]:
     """Layers of a weights-only save (no config: no graph, so `inbound` stays empty)."""
     layers = {}
     for name, pairs in groups.items():
@@ -211,7 +211,7 @@ def _our_name_for_v2(name: str) -> str:
     return name
 
 
-def _creation_key(our_name: str) -> Tuple[int, int, int]:
+def _creation_key(our_name: str) -> tuple[int, int, int]:
     """Sort key reproducing the official creation order of our layer names."""
     head = {"stem_conv": 0, "stem_bn": 1, "stem_act": 2, "final_conv": 0, "final_bn": 1, "final_act": 2,
             "GDC_dw": 0, "GDC_batchnorm": 1, "GDC_conv": 2, "pre_embedding": 3}
@@ -229,12 +229,12 @@ def _creation_key(our_name: str) -> Tuple[int, int, int]:
     return (stack, phase, block_part)
 
 
-def auto_name_index(name: str) -> Tuple[int, int]:
+def auto_name_index(name: str) -> tuple[int, int]:
     match = re.match(r"^(.*?)(?:_(\d+))?$", name)
     return (0 if match.group(2) is None else 1, int(match.group(2) or 0))
 
 
-def pair_weights_only(path: str, layers: Dict[str, OfficialLayer], model) -> List[Tuple[OfficialLayer, str]]:
+def pair_weights_only(path: str, layers: dict[str, OfficialLayer], model) -> list[tuple[OfficialLayer, str]]:
     """Pair a weights-only file's layers with ours: by translated name (V2's stable names), else
     per layer class in creation order (V1's auto names are numbered in creation order)."""
     ours = {layer.name: layer for layer in model.layers if layer.weights}
@@ -255,9 +255,9 @@ def pair_weights_only(path: str, layers: Dict[str, OfficialLayer], model) -> Lis
     return pairs
 
 
-def weighted_in_topological_order(layers: Dict[str, OfficialLayer], outputs: Sequence[str]) -> List[OfficialLayer]:
+def weighted_in_topological_order(layers: dict[str, OfficialLayer], outputs: Sequence[str]) -> list[OfficialLayer]:
     """Depth-first post-order from the outputs, inputs visited in argument order; weighted layers only."""
-    order: List[OfficialLayer] = []
+    order: list[OfficialLayer] = []
     visited = set()
     for output in outputs:
         stack = [(output, False)]
@@ -278,7 +278,7 @@ def weighted_in_topological_order(layers: Dict[str, OfficialLayer], outputs: Seq
     return order
 
 
-def our_layers(model) -> Dict[str, OfficialLayer]:
+def our_layers(model) -> dict[str, OfficialLayer]:
     config = model.get_config()
     by_name = {layer.name: layer for layer in model.layers}
     result = {}
@@ -291,7 +291,7 @@ def our_layers(model) -> Dict[str, OfficialLayer]:
 
 
 
-def copy_official_weights(path: str, layers: Dict[str, OfficialLayer], outputs: Sequence[str], model,
+def copy_official_weights(path: str, layers: dict[str, OfficialLayer], outputs: Sequence[str], model,
                           label: str | None = None) -> int:
     """Copy the weights of an official file (`read_official(path)`'s layers and outputs) into `model`; returns
     the number of layers copied. Every pair is checked (class and weight shapes) before it is assigned.
