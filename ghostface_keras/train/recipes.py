@@ -472,7 +472,9 @@ print(export_tflite(keras.saving.load_model(sys.argv[1]), sys.argv[2]))
 def export_tflite_file(model_path: Path, tflite_path: Path) -> Path | None:
     """Export a trained `.keras` to TFLite; a failure is logged, not raised (the `.keras` is the deliverable).
 
-    TFLite conversion needs the TensorFlow backend: from another backend it runs in a TensorFlow child process.
+    TFLite conversion needs the TensorFlow backend: from another backend it runs in a TensorFlow child process,
+    because the in-process route from JAX (jax2tf) writes a file with resource variables and unfolded BatchNorm,
+    not the static graph `export_tflite` guarantees (docs/training.md, benchmarks/jax_tflite_export.py).
     """
     import keras
 
