@@ -79,7 +79,7 @@ def _check_inputs(args: argparse.Namespace) -> Any:
     if args.detector.lower() not in {*DETECTORS, "none"}:
         raise DataError(f"{args.detector}: unknown detector; expected one of {', '.join(sorted(DETECTORS))} or none")
     if args.input != "-":
-        check_input_paths([(args.input, "input file")])
+        check_input_paths([(args.input, "input file or named pipe")])  # a FIFO is meant here
     loaded = check_gallery_argument(args.gallery) if args.gallery is not None else None
     check_model_source(args.model)
     return loaded

@@ -44,6 +44,7 @@ from ghostface_keras.core.files import list_images, load_npz, write_atomically
 from ghostface_keras.runtime.loading import LoadedModel, load_model
 from ghostface_keras.core.numeric import l2_normalize
 from ghostface_keras.core.progress import ProgressBar
+from ghostface_keras.gallery.identity import check_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +154,10 @@ class Gallery:
                             "expected a non-empty (N, D) float array")
         if len(names) != len(embeddings) or (paths and len(paths) != len(embeddings)):
             raise DataError(f"{path}: {len(names)} names and {len(paths)} paths for {len(embeddings)} embeddings")
-        return cls(names, embeddings.astype(np.float32), paths)
+        # a NaN row would answer "similarity nan" for every probe: refused whole, naming the row
+        rows = check_embeddings(embeddings, embeddings.shape[1],
+                                [f"{path}: row {index + 1} ({name})" for index, name in enumerate(names)])
+        return cls(names, rows, paths)
 
 
 class FaceEmbedder:
@@ -348,6 +352,10 @@ class FaceEmbedder:
         outputs = [self._embed(crops[start:start + self.batch_size]) for start in range(0, len(crops), self.batch_size)]
         embeddings = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, self.model.embedding_size or 0),
                                                                                np.float32)
+        broken = ~np.isfinite(embeddings).all(axis=1)
+        if broken.any():  # NaN would pass every later comparison as "nan", never as an error
+            raise DataError(f"model {self.model.name}: gave NaN or infinite embeddings for {int(broken.sum())} of "
+                            f"{len(broken)} faces (broken or overflowing weights); refused")
         return l2_normalize(embeddings)
 
     def verify(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None,
