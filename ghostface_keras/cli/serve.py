@@ -29,7 +29,7 @@ from typing import IO, Any, Iterator, Sequence
 
 from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
                                  run_reporting_errors)
-from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES
+from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES, gallery_counts
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,10 @@ def _check_inputs(args: argparse.Namespace) -> Any:
     if args.detector.lower() not in {*DETECTORS, "none"}:
         raise DataError(f"{args.detector}: unknown detector; expected one of {', '.join(sorted(DETECTORS))} or none")
     if args.input != "-":
-        check_input_paths([(args.input, "input file or named pipe")])  # a FIFO is meant here
+        import stat
+
+        if not (os.path.exists(args.input) and stat.S_ISFIFO(os.stat(args.input).st_mode)):  # a FIFO is meant here
+            check_input_paths([(args.input, "input file")])
     loaded = check_gallery_argument(args.gallery) if args.gallery is not None else None
     check_model_source(args.model)
     return loaded
@@ -124,13 +127,18 @@ def run_serve(args: argparse.Namespace) -> int:
         with contextlib.nullcontext() if args.verbose else _stderr_captured():
             embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                                     threshold=args.threshold).warm_up()
-        if gallery is None and args.gallery is not None:
+        from ghostface_keras.faces.enroll import is_store, open_gallery
+
+        if args.gallery is not None and is_store(args.gallery):  # persistent: searched by its index, kept open
+            gallery = open_gallery(args.gallery, embedder)
+        elif gallery is None and args.gallery is not None:
             gallery = embedder.build_gallery(args.gallery, progress=True)
-        if gallery is not None and embedder.model.embedding_size not in (None, gallery.embeddings.shape[1]):
+        if gallery is not None and not is_store(gallery) and \
+                embedder.model.embedding_size not in (None, gallery.embeddings.shape[1]):
             raise DataError(f"{args.gallery}: the gallery holds {gallery.embeddings.shape[1]}-d embeddings but this "
                             f"model makes {embedder.model.embedding_size}-d ones: build it with the same model")
-        people = (f", gallery {len(gallery.names)} photos of {len(set(gallery.names))} people"
-                  if gallery is not None else "")
+        counts = gallery_counts(gallery)
+        people = f", gallery {counts['photos']} photos of {counts['people']} people" if counts else ""
         print(f"ghostface serve: ready in {time.monotonic() - started:.1f} s: {embedder.model.name} "
               f"({embedder.model.embedding_size}-d, threshold {embedder.threshold:.2f}), detector {args.detector}"
               f"{people}; reading JSON requests from {'stdin' if args.input == '-' else args.input}",

@@ -174,6 +174,13 @@ class GalleryStore:
                                 () if name is None else (name,)).fetchall()
         return [(int(photo_id), person, path) for photo_id, person, path in rows]
 
+    def digests(self, names: set[str]) -> set[tuple[str, str]]:
+        """(name, sha256) of the photos of these people that have a digest (to skip photos already enrolled)."""
+        rows = self._db.execute("SELECT people.name, photos.sha256 FROM photos JOIN people ON photos.person = "
+                                "people.id WHERE photos.sha256 IS NOT NULL AND people.name IN (SELECT value FROM "
+                                "json_each(?))", (json.dumps(sorted(names)),)).fetchall()
+        return {(name, digest) for name, digest in rows}
+
     def embeddings(self) -> tuple[list[str], np.ndarray, list[str]]:
         """Every photo's (names, (N, D) float32 unit embeddings, paths), in enrollment order."""
         rows = self._db.execute("SELECT people.name, photos.embedding, photos.path FROM photos JOIN people "

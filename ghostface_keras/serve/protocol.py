@@ -263,7 +263,21 @@ def _ping(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, Any
             "embedding_size": model.embedding_size, "threshold": _number(embedder.threshold, SIMILARITY_DECIMALS),
             "detector": "none" if detector is None else type(detector).__name__.lower().removesuffix("detector"),
             "flip": bool(embedder.flip),
-            "gallery": None if gallery is None else {"photos": len(gallery.names), "people": len(set(gallery.names))}}
+            "gallery": gallery_counts(gallery)}
+
+
+def gallery_counts(gallery: Any) -> Optional[dict[str, int]]:
+    """{"photos", "people"} of a `Gallery` or a `GalleryStore` (None for no gallery).
+
+    Example:
+        >>> gallery_counts(None) is None
+        True
+    """
+    if gallery is None:
+        return None
+    if hasattr(gallery, "photo_count"):  # a persistent gallery: counted by its database, as of now
+        return {"photos": gallery.photo_count, "people": gallery.person_count}
+    return {"photos": len(gallery.names), "people": len(set(gallery.names))}
 
 
 def _verify(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, Any]:
