@@ -4,8 +4,8 @@ Embeddings of two models are not comparable (a cosine between them means nothing
 that made it: its name, the released checkpoint when known, the embedding length, and a fingerprint (the unit
 embedding of one fixed synthetic crop; `ghostface_keras.faces.enroll.model_identity`). Another model is refused
 in one line: a different length always, a different fingerprint (cosine below `FINGERPRINT_MIN_COSINE`) when both
-have one, else a different name. The same weights as .keras, SavedModel or float .tflite pass (their fingerprints
-agree to ~1e-6).
+have one, else a different name. The cosine tolerance lets float noise (the same weights in another float format)
+pass.
 
 Example:
     >>> import numpy as np
