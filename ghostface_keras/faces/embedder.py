@@ -156,9 +156,9 @@ class Gallery:
         if len(names) != len(embeddings) or (paths and len(paths) != len(embeddings)):
             raise DataError(f"{path}: {len(names)} names and {len(paths)} paths for {len(embeddings)} embeddings")
         # a NaN row would answer "similarity nan" for every probe: refused whole, naming the row
-        rows = check_embeddings(embeddings, embeddings.shape[1],
-                                [f"{path}: row {index + 1} ({name})" for index, name in enumerate(names)])
-        return cls(names, rows, paths)
+        check_embeddings(embeddings, embeddings.shape[1],
+                         [f"{path}: row {index + 1} ({name})" for index, name in enumerate(names)])
+        return cls(names, embeddings.astype(np.float32), paths)  # as saved: bit-exact round trips
 
 
 class FaceEmbedder:
