@@ -54,6 +54,8 @@ def test_create_enroll_list_search_rename_remove_export_import(setup, tmp_path, 
     for row in rows:
         expected = embedder.identify(row["probe"], reference, top_k=1)[0]
         assert row["name"] == expected.name and abs(float(row["similarity"]) - expected.similarity) < 1e-5
+    status, out, _ = _run(capsys, "gallery", "search", gallery, rows[0]["probe"], *model)  # a photo, to stdout
+    assert status == 0 and list(csv.DictReader(out.splitlines()))[0]["name"] == rows[0]["name"]
     status, out, _ = _run(capsys, "identify", rows[0]["probe"], "--gallery", gallery, *model)
     assert status == 0 and out.startswith(f"1. {rows[0]['name']}  similarity")
     assert _run(capsys, "gallery", "rename", gallery, "p0", "alice")[0] == 0

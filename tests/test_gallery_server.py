@@ -177,3 +177,34 @@ def test_real_uvicorn_server_token_round_trip_hostile_uploads(server):
     assert httpx.get(base + "/docs", timeout=10).status_code == 200
     assert httpx.post(base + "/v1/ping", json={}, headers=auth, timeout=10).json()["gallery"] == {"photos": 1,
                                                                                                  "people": 1}
+
+
+def test_real_faces_end_to_end_cli_search_equals_the_in_memory_gallery(released, data_dir, tmp_path):
+    """CelebA aligned crops (../shared) with the released GhostFaceNetV1-0.5-2: enroll half of each of 10 people's
+    photos through the library, search the other half through `ghostface gallery search`, and compare every CSV
+    row with `FaceEmbedder.identify` against an in-memory gallery of the same photos."""
+    import csv
+
+    from ghostface_keras.faces.embedder import FaceEmbedder
+    from ghostface_keras.faces.enroll import create_gallery, enroll_photos
+
+    people = sorted((data_dir / "celeba_aligned112" / "val").iterdir())[:10]
+    known = {person.name: sorted(person.glob("*.jpg"))[:4] for person in people}
+    probes = [photo for person in people for photo in sorted(person.glob("*.jpg"))[4:6]]
+    embedder = FaceEmbedder(str(released), detector=None)
+    store = create_gallery(tmp_path / "gallery", embedder)
+    assert enroll_photos(store, embedder, known).enrolled == 40
+    store.close()
+    output = tmp_path / "matches.csv"
+    subprocess.run([sys.executable, "-m", "ghostface_keras.cli.face", "gallery", "search", str(tmp_path / "gallery"),
+                    *map(str, probes), "--model", str(released), "--detector", "none", "-o", str(output)],
+                   env=ENVIRONMENT, check=True, timeout=300, capture_output=True)
+    rows = list(csv.DictReader(output.open()))
+    reference = embedder.build_gallery(known)
+    assert len(rows) == len(probes)
+    correct = 0
+    for row, probe in zip(rows, probes):
+        expected = embedder.identify(probe, reference, top_k=1)[0]
+        assert row["name"] == expected.name and abs(float(row["similarity"]) - expected.similarity) < 1e-4
+        correct += row["name"] == probe.parent.name
+    assert correct >= len(probes) // 2  # far above chance (1 in 10): the right people come back

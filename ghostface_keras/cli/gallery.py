@@ -104,9 +104,9 @@ def run_gallery(args: argparse.Namespace) -> int:
     from ghostface_keras.weights.checkpoints import check_model_source
 
     if command == "enroll":
-        check_input_paths((photo, "photo or folder") for photo in args.photos)
+        check_input_paths((photo, "photo, or folder of photos") for photo in args.photos)
     if command == "search":
-        check_input_paths((probe, "photo or folder") for probe in args.probes)
+        check_input_paths((probe, "photo, or folder of photos") for probe in args.probes)
     check_model_source(args.model)
     import_backend_quietly()
     from ghostface_keras.faces.embedder import FaceEmbedder
