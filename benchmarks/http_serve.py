@@ -175,7 +175,7 @@ def main() -> int:
             f"cores shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end); clients and servers "
             "on the same machine (127.0.0.1). A tiny random 512-d model on aligned crops (the serving path, not a "
             "face model); a persistent gallery of 40 photos. Latency: client round trip; server CPU from /proc.\n\n"
-            + markdown_table(rows) + "\n")
+            + markdown_table(rows, digits=2) + "\n")
     write_atomically(arguments.out, text)
     print(text)
     return 0

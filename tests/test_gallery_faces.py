@@ -82,3 +82,18 @@ def test_a_model_answering_nan_enrolls_nothing(photos, tmp_path, embedder):
     with pytest.raises(DataError, match="NaN or infinite"):
         enroll_photos(GalleryStore.open(tmp_path / "gallery"), broken, root)
     assert GalleryStore.open(tmp_path / "gallery").photo_count == 0
+
+
+def test_watch_takes_a_gallery_folder(embedder, photos, tmp_path):
+    from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, CallableDetector
+    from ghostface_keras.faces.video import watch
+
+    root, faces = photos
+    store = create_gallery(tmp_path / "gallery", embedder)
+    enroll_photos(store, embedder, root)
+    one_face = CallableDetector(lambda image: [((0, 0, 112, 112), ARCFACE_TEMPLATE_112, 0.9)])
+    watcher = FaceEmbedder(embedder.model.keras_model, detector=one_face, flip=False)
+    expected = watcher.identify(faces[4], store, top_k=1)[0]
+    frames = list(watch(watcher, [faces[4]] * 2, tmp_path / "gallery", threshold=-1.0))
+    assert frames[0].faces[0].nearest == expected.name
+    assert abs(frames[0].faces[0].similarity - expected.similarity) < 1e-5

@@ -160,7 +160,8 @@ def run_serve(args: argparse.Namespace) -> int:
         people = f", gallery {counts['photos']} photos of {counts['people']} people" if counts else ""
         print(f"ghostface serve: ready in {time.monotonic() - started:.1f} s: {embedder.model.name} "
               f"({embedder.model.embedding_size}-d, threshold {embedder.threshold:.2f}), detector {args.detector}"
-              f"{people}; reading JSON requests from {'stdin' if args.input == '-' else args.input}",
+              f"{people}; " + ("answering HTTP" if args.http else
+                                 f"reading JSON requests from {'stdin' if args.input == '-' else args.input}"),
               file=sys.stderr, flush=True)
         if args.http:
             from ghostface_keras.serve.http import serve_http
