@@ -69,7 +69,7 @@ def summarize(label: str, clients: int, op: str, latencies: list[float], failed:
     values = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     return {"server": label, "clients": clients, "op": op, "requests": len(latencies), "failed": failed,
             "p50 ms": round(float(np.percentile(values, 50)), 2), "p99 ms": round(float(np.percentile(values, 99)), 2),
-            "requests/s": round(len(latencies) / wall, 1), "server CPU-s per request": round(cpu / max(len(latencies), 1), 4)}
+            "requests/s": round(len(latencies) / wall, 1), "server CPU ms per request": round(1e3 * cpu / max(len(latencies), 1), 2)}
 
 
 def process_cpu(pid: int) -> float:
