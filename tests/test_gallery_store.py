@@ -170,3 +170,32 @@ def test_npz_round_trip_and_hostile_npz_is_refused_whole(tmp_path):
     other = GalleryStore.create(tmp_path / "other", ModelIdentity("another", DIMENSION))
     with pytest.raises(DataError, match="holds embeddings of another"):
         import_npz(other, tmp_path / "people.npz")
+
+
+def test_a_reader_never_sees_half_an_enroll_or_removal(tmp_path):
+    """A second store (its own connection, as another process has) searches while a writer enrolls 5 photos per
+    person and removes every other person: every person it lists has all 5 photos, every search answers."""
+    GalleryStore.create(tmp_path / "gallery", ModelIdentity("toy", DIMENSION)).close()
+    writer, reader = GalleryStore.open(tmp_path / "gallery"), GalleryStore.open(tmp_path / "gallery")
+    people = _people(40, 5, seed=4)
+    done = threading.Event()
+    seen: list[tuple[dict, list]] = []
+
+    def write() -> None:
+        for index, (name, rows) in enumerate(people.items()):
+            writer.enroll(name, rows, [f"{name}/{i}" for i in range(5)])
+            if index % 2:
+                writer.remove_person(name)
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    queries = np.stack([rows[0] for rows in people.values()])[:8]
+    while not done.is_set() or not seen:
+        seen.append((dict(reader.people()), reader.search(queries, 3)))
+    thread.join(timeout=30)
+    for counts, results in seen:
+        assert set(counts.values()) <= {5} and len(results) == len(queries)
+    final = dict(reader.people())
+    assert sorted(final) == sorted(list(people)[::2])
+    _assert_same_ranking(reader, {name: people[name] for name in final}, queries)

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ import numpy as np
 from ghostface_keras.core.errors import DataError
 from ghostface_keras.core.files import atomic_output
 from ghostface_keras.gallery.index import BRUTE_FORCE_BELOW, VectorIndex
+from ghostface_keras.gallery.locking import exclusive_lock
 from ghostface_keras.gallery.identity import ModelIdentity, check_embeddings
 
 logger = logging.getLogger(__name__)
@@ -297,24 +297,9 @@ class GalleryStore:
                     self._last_seq() - self._saved_seq() >= SAVE_AFTER_CHANGES:
                 self._save_index()
 
-    @contextlib.contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        """`.lock` held exclusively; waits up to `timeout` seconds for another writer, then refuses."""
-        with open(self.folder / ".lock", "a+") as handle:
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise DataError(f"{self.folder}: another process is changing this gallery (waited "
-                                        f"{self.timeout:.0f} s); try again when it is done") from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _writer_lock(self) -> contextlib.AbstractContextManager:
+        """`.lock` held exclusively (`locking.exclusive_lock`): one writer at a time, across processes."""
+        return exclusive_lock(self.folder, self.timeout)
 
     def _last_seq(self) -> int:
         return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
