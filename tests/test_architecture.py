@@ -190,7 +190,8 @@ def _fresh_interpreter(code: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("command", ["face", "train", "evaluate", "export", "zoo", "convert", "watch", "serve"])
+@pytest.mark.parametrize("command", ["face", "train", "evaluate", "export", "zoo", "convert", "watch", "serve",
+                                     "gallery"])
 def test_help_of_every_command_imports_no_tensorflow(command):
     loaded = _fresh_interpreter(
         "import contextlib, io, json, sys\n"
