@@ -199,3 +199,18 @@ def test_a_reader_never_sees_half_an_enroll_or_removal(tmp_path):
     final = dict(reader.people())
     assert sorted(final) == sorted(list(people)[::2])
     _assert_same_ranking(reader, {name: people[name] for name in final}, queries)
+
+
+def test_graph_is_rebuilt_without_tombstones_once_they_are_a_tenth(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    monkeypatch.setattr(index_module, "BRUTE_FORCE_BELOW", 40)
+    monkeypatch.setattr("ghostface_keras.gallery.store.BRUTE_FORCE_BELOW", 40)
+    people = _people(40, 2, seed=6)
+    store = _enrolled(tmp_path / "gallery", people)
+    queries = np.stack([rows[1] for rows in people.values()])
+    _assert_same_ranking(store, people, queries)
+    for name in list(people)[:6]:  # 12 of 80 photos: past the tenth
+        store.remove_person(name)
+        del people[name]
+    _assert_same_ranking(store, people, queries[6:])
+    assert store._index.kind == "hnsw" and store._index._deleted == set() and len(store._index) == 68

@@ -340,7 +340,8 @@ class GalleryStore:
             changes = self._db.execute("SELECT photo, added FROM changes WHERE seq > ? ORDER BY seq",
                                        (self._index_seq,)).fetchall()
             removed = [photo for photo, added in changes if not added]
-            added = [photo for photo, was_added in changes if was_added and photo not in set(removed)]
+            gone = set(removed)
+            added = [photo for photo, was_added in changes if was_added and photo not in gone]
             self._index.remove(np.array(removed, np.int64))
             self._add_rows(self._index, "WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(added),))
             self._index_seq = last
