@@ -120,3 +120,28 @@ def test_token_is_required_when_set_and_rate_limit_answers_429(setup):
     codes = [limited.get("/health").status_code for _ in range(8)]
     assert codes[:4] == [200] * 4 and 429 in codes
     _error(limited.get("/health"), 429, "requests a second")
+
+
+def test_a_body_longer_than_its_content_length_is_cut_at_the_limit(setup):
+    """A client declaring 10 bytes and streaming 3 MiB is answered 413 while streaming (ASGI called directly)."""
+    import asyncio
+
+    client = setup[3]
+    chunks = [b'{"a": "' + b"x" * (1 << 20)] * 3 + [b'"}']
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        body = chunks.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/verify", "raw_path": b"/v1/verify", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"10"),
+                         (b"authorization", f"Bearer {TOKEN}".encode())]}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert "request body over 2,097,152 bytes" in json.loads(sent[1]["body"])["error"]
