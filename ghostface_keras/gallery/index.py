@@ -2,7 +2,7 @@
 
 Below `BRUTE_FORCE_BELOW` photos the index is a numpy matrix searched exactly. From that size on it is an HNSW
 graph (faiss `IndexHNSWFlat`, chosen over hnswlib and usearch by `benchmarks/gallery_search.py`: at 100 k photos
-it built 2x faster and answered faster at equal recall; docs/gallery.md). faiss graphs cannot delete, so removed
+it built 2x faster and answered faster at equal recall (M 16); docs/gallery.md). faiss graphs cannot delete, so removed
 photos are tombstones filtered from the results, and the graph is rebuilt without them once they are a tenth of it.
 The index is derived data: the gallery's database is the truth, and an index is rebuilt from it or brought up to
 date by replaying the database's change log (`ghostface_keras.gallery.store`).
@@ -31,12 +31,13 @@ logger = logging.getLogger(__name__)
 
 # brute force costs ~0.2 us per photo and probe (21.7 ms for one probe against 100 k on 2 shared cores,
 # benchmarks/results/gallery_search.md), the graph ~1.6 ms at 100 k; below 20 k photos brute force stays under
-# ~4 ms, is exact, and costs no build (0.6 ms of CPU per photo)
+# ~4 ms, is exact, and costs no build (2.7 ms of CPU per photo with the default graph)
 BRUTE_FORCE_BELOW = 20_000
-# HNSW parameters: M 16 / efConstruction 100 / efSearch 256 found the same person as brute force for 99.3 % of
-# probes at 100 k (efSearch 64: 77 %)
-HNSW_M = 16
-HNSW_CONSTRUCTION = 100
+# HNSW parameters: M 32 / efConstruction 200 / efSearch 256 gave recall@1 1.000 against brute force at 100 k
+# photos (6.5x faster per probe, 259 s to build on 2 shared cores); M 16 / efConstruction 100 builds 4x faster but
+# found the same person for only 99.3 % of probes at 100 k and 84 % at 300 k (benchmarks/results/gallery_search.md)
+HNSW_M = 32
+HNSW_CONSTRUCTION = 200
 HNSW_EF = 256
 # tombstones (removed photos still in the graph) above this share of it: rebuild the graph without them
 REBUILD_SHARE = 0.1
