@@ -26,7 +26,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ghostface_keras"
 ROOT = PACKAGE.parent
 
 # bottom to top; `ghostface_keras/__init__.py` (the lazy public API) and `_compat.py` (0.1 paths) stand above all
-LAYERS = ("core", "weights", "models", "data", "runtime", "faces", "evaluation", "export", "train", "serve", "cli")
+LAYERS = ("core", "weights", "models", "data", "runtime", "gallery", "faces", "evaluation", "export", "train", "serve",
+          "cli")
 TOP = ("ghostface_keras", "ghostface_keras._compat")
 
 
@@ -189,7 +190,8 @@ def _fresh_interpreter(code: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("command", ["face", "train", "evaluate", "export", "zoo", "convert", "watch", "serve"])
+@pytest.mark.parametrize("command", ["face", "train", "evaluate", "export", "zoo", "convert", "watch", "serve",
+                                     "gallery"])
 def test_help_of_every_command_imports_no_tensorflow(command):
     loaded = _fresh_interpreter(
         "import contextlib, io, json, sys\n"

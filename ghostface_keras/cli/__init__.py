@@ -145,8 +145,12 @@ def check_gallery_argument(gallery: str):
     from ghostface_keras.core.files import check_input_paths, list_images
     from ghostface_keras.faces.embedder import Gallery
 
+    from ghostface_keras.gallery.store import is_gallery_folder
+
     check_input_paths([(gallery, "gallery folder or .npz")])
     path = Path(gallery)
+    if is_gallery_folder(path):  # a persistent gallery (`ghostface gallery create`): opened once the model loads
+        return None
     if path.is_dir():
         if not list_images(path):
             raise DataError(f"{path}: gallery folder has no image files")

@@ -43,7 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     identify = commands.add_parser("identify", help="who is this? rank the people of a gallery folder")
     identify.add_argument("probe")
     identify.add_argument("--gallery", required=True, help="folder of name/*.jpg (or flat name.jpg) photos, "
-                          "or a .npz written by --save-gallery")
+                          "a .npz written by --save-gallery, or a gallery folder of `ghostface gallery create`")
     identify.add_argument("--top-k", type=int, default=5)
     identify.add_argument("--save-gallery", help="also save the gallery embeddings to this .npz for reuse")
     for command in (verify, embed, identify):
@@ -62,6 +62,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_watch_arguments(commands.add_parser("watch", help="who is in a video file or in front of a camera: "
                                             "detect, track, identify frame by frame"))
+    from ghostface_keras.cli.gallery import add_gallery_arguments
+
+    add_gallery_arguments(commands.add_parser("gallery", help="a persistent gallery folder: create, enroll, list, "
+                                              "remove, rename, search (batch identification to CSV), export, import"))
     from ghostface_keras.cli.serve import add_serve_arguments
 
     add_serve_arguments(commands.add_parser("serve", help="load the model once and answer JSON-line requests "
@@ -120,6 +124,10 @@ def _run_command(args: argparse.Namespace) -> int:
         from ghostface_keras.cli.watch import run_watch
 
         return run_watch(args)
+    if args.command == "gallery":
+        from ghostface_keras.cli.gallery import run_gallery
+
+        return run_gallery(args)
     if args.command == "serve":
         from ghostface_keras.cli.serve import run_serve
 
@@ -151,9 +159,18 @@ def _run_command(args: argparse.Namespace) -> int:
               + (f" ({missing} photos without {'that face' if isinstance(args.face, int) else 'a face'} "
                  "are NaN rows)" if missing else ""))
         return 0
-    gallery = args.loaded_gallery or embedder.build_gallery(args.gallery, progress=True)
-    if args.save_gallery:
-        gallery.save(args.save_gallery)
+    from ghostface_keras.faces.enroll import is_store, open_gallery
+
+    if is_store(args.gallery):  # a persistent gallery folder: searched by its index
+        gallery = open_gallery(args.gallery, embedder)
+        if args.save_gallery:
+            from ghostface_keras.gallery.transfer import export_npz
+
+            export_npz(gallery, args.save_gallery)
+    else:
+        gallery = args.loaded_gallery or embedder.build_gallery(args.gallery, progress=True)
+        if args.save_gallery:
+            gallery.save(args.save_gallery)
     results = embedder.identify_faces(args.probe, gallery, top_k=args.top_k, face=args.face)
     for found, matches in results:
         indent = ""

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 
 from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
                                  run_reporting_errors)
-from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES
+from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES, gallery_counts
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "answered with an error and skipped")
     parser.add_argument("--verbose", "-v", action="store_true", help="log each request's time, and tracebacks, "
                         "on stderr")
+    http = parser.add_argument_group("HTTP service (instead of JSON lines on stdin; docs/serving.md)")
+    http.add_argument("--http", metavar="[HOST:]PORT", type=_host_port, help="answer HTTP on this address "
+                      "(host 127.0.0.1 unless given): FastAPI, OpenAPI docs at /docs")
+    http.add_argument("--token", default=os.environ.get("GHOSTFACE_TOKEN"), help="require 'Authorization: Bearer "
+                      "TOKEN' (default: $GHOSTFACE_TOKEN; none: no token needed)")
+    http.add_argument("--max-body-bytes", type=positive_int, default=20 << 20, help="largest request body (20 MiB)")
+    http.add_argument("--rate-limit", type=float, default=50.0, help="requests a second per client address (50)")
     return parser
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    """'8000' or 'HOST:8000' -> (host, port); the host defaults to 127.0.0.1 (this machine only)."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text}: expected PORT or HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _check_inputs(args: argparse.Namespace) -> Any:
@@ -80,7 +95,14 @@ def _check_inputs(args: argparse.Namespace) -> Any:
     if args.detector.lower() not in {*DETECTORS, "none"}:
         raise DataError(f"{args.detector}: unknown detector; expected one of {', '.join(sorted(DETECTORS))} or none")
     if args.input != "-":
-        check_input_paths([(args.input, "input file")])
+        import stat
+
+        if not (os.path.exists(args.input) and stat.S_ISFIFO(os.stat(args.input).st_mode)):  # a FIFO is meant here
+            check_input_paths([(args.input, "input file")])
+    if getattr(args, "http", None):
+        from ghostface_keras.serve.http import import_fastapi
+
+        import_fastapi()  # a missing extra is one line now, not after the model loads
     loaded = check_gallery_argument(args.gallery) if args.gallery is not None else None
     check_model_source(args.model)
     return loaded
@@ -125,17 +147,30 @@ def run_serve(args: argparse.Namespace) -> int:
         with contextlib.nullcontext() if args.verbose else _stderr_captured():
             embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                                     threshold=args.threshold).warm_up()
-        if gallery is None and args.gallery is not None:
+        from ghostface_keras.faces.enroll import is_store, open_gallery
+
+        if args.gallery is not None and is_store(args.gallery):  # persistent: searched by its index, kept open
+            gallery = open_gallery(args.gallery, embedder)
+        elif gallery is None and args.gallery is not None:
             gallery = embedder.build_gallery(args.gallery, progress=True)
-        if gallery is not None and embedder.model.embedding_size not in (None, gallery.embeddings.shape[1]):
+        if gallery is not None and not is_store(gallery) and \
+                embedder.model.embedding_size not in (None, gallery.embeddings.shape[1]):
             raise DataError(f"{args.gallery}: the gallery holds {gallery.embeddings.shape[1]}-d embeddings but this "
                             f"model makes {embedder.model.embedding_size}-d ones: build it with the same model")
-        people = (f", gallery {len(gallery.names)} photos of {len(set(gallery.names))} people"
-                  if gallery is not None else "")
+        counts = gallery_counts(gallery)
+        people = f", gallery {counts['photos']} photos of {counts['people']} people" if counts else ""
         print(f"ghostface serve: ready in {time.monotonic() - started:.1f} s: {embedder.model.name} "
               f"({embedder.model.embedding_size}-d, threshold {embedder.threshold:.2f}), detector {args.detector}"
-              f"{people}; reading JSON requests from {'stdin' if args.input == '-' else args.input}",
+              f"{people}; " + ("answering HTTP" if args.http else
+                                 f"reading JSON requests from {'stdin' if args.input == '-' else args.input}"),
               file=sys.stderr, flush=True)
+        if args.http:
+            from ghostface_keras.serve.http import serve_http
+
+            host, port = args.http
+            print(f"ghostface serve: HTTP on http://{host}:{port} (docs at /docs)", file=sys.stderr, flush=True)
+            serve_http(embedder, gallery, host, port, args.token, args.max_body_bytes, args.rate_limit)
+            return EXIT_OK
         with contextlib.ExitStack() as stack:
             if args.input == "-" and sys.stdin is None:  # started with stdin closed
                 raise DataError("stdin is closed: give the requests with --input FILE")

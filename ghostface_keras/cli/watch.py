@@ -97,8 +97,10 @@ def run_watch(args: argparse.Namespace) -> int:
 
     embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
                             threshold=args.threshold).warm_up()
-    if gallery is None:
-        gallery = embedder.build_gallery(args.gallery, progress=True)
+    from ghostface_keras.faces.enroll import is_store
+
+    if gallery is None:  # a persistent gallery folder is opened (and its model checked) by watch itself
+        gallery = args.gallery if is_store(args.gallery) else embedder.build_gallery(args.gallery, progress=True)
     source = FrameSource(args.source)
     frames = watch(embedder, source, gallery, max_frames=args.max_frames, reembed_every=args.reembed_every or None)
     jsonl = args.output_jsonl or (None if args.output_video else "-")

@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import shutil
+import stat
 import zipfile
 from pathlib import Path
 from typing import Callable, Union
@@ -193,6 +194,31 @@ def write_atomically(path: str | os.PathLike, content: Content) -> Path:
     return target
 
 
+def check_regular_file(path: str | os.PathLike, kind: str = "file") -> None:
+    """Refuse, before anything opens it, a path that is not a regular file: a FIFO (reading one blocks until a
+    writer comes, so a command would hang), a device, a socket or a folder. Symbolic links are followed. A
+    missing path is left to the reader (it says "not found" in its own words).
+
+    Example:
+        >>> check_regular_file("/dev/null")
+        Traceback (most recent call last):
+        ...
+        ghostface_keras.core.errors.DataError: /dev/null: is a character device, not a regular file
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({describe_os_error(error)})") from None
+    if stat.S_ISREG(mode):
+        return
+    what = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    raise DataError(f"{path}: is {what}, not a regular file" + ("" if kind == "file" else f"; a {kind} was expected"))
+
+
 def check_input_paths(paths: Iterable[tuple[str | os.PathLike | None, str]]) -> None:
     """Refuse missing inputs before any model loads: `(path, kind)` pairs, where a kind ending in "file" must
     be a file, one ending in "folder" a folder, and any other ("gallery folder or .npz") just exist; None
@@ -213,6 +239,8 @@ def check_input_paths(paths: Iterable[tuple[str | os.PathLike | None, str]]) -> 
             raise DataError(f"{path}: {kind} not found")
         if kind.endswith("file") and target.is_dir():
             raise DataError(f"{path}: is a folder; a {kind} was expected")
+        if kind.endswith("file"):
+            check_regular_file(target, kind)
         if kind.endswith("folder") and not target.is_dir():
             raise DataError(f"{path}: is a file; a {kind} was expected")
 
@@ -261,6 +289,7 @@ def load_npz(path: str | os.PathLike, names: Sequence[str] | None = None) -> dic
         (['a', 'b'], [0, 1, 2])
     """
     arrays = {}
+    check_regular_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}

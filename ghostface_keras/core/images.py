@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ghostface_keras.core.errors import DataError
+from ghostface_keras.core.files import check_regular_file
 
 # Largest photo accepted (width x height), checked from the header before any pixel is allocated: 50 megapixels
 # for formats that must be decoded whole (PNG, WebP, TIFF, ...); JPEGs, which decode at up to 1/8 scale, up
@@ -81,6 +82,8 @@ def load_rgb_image(image: ImageInput) -> np.ndarray:
 
 def _open_image_file(source: str | os.PathLike | bytes) -> Image.Image:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and not os.path.isdir(source):  # a folder: "is a directory" below
+        check_regular_file(source)  # a FIFO would block Image.open forever, a device read without end
     try:
         with warnings.catch_warnings():  # Pillow warns above 89 megapixels; our own limits below decide
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

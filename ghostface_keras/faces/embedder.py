@@ -41,10 +41,12 @@ from ghostface_keras.core.images import ImageInput, describe_image, load_rgb_ima
 from ghostface_keras.faces.alignment import DetectedFace, FaceDetector, align_face
 from ghostface_keras.runtime.embedding import EmbeddingFunction
 from ghostface_keras.core.errors import DataError, GhostFaceError, NoFaceError
-from ghostface_keras.core.files import list_images, load_npz, write_atomically
+from ghostface_keras.core.files import load_npz, write_atomically
 from ghostface_keras.runtime.loading import LoadedModel, load_model
 from ghostface_keras.core.numeric import l2_normalize
 from ghostface_keras.core.progress import ProgressBar
+from ghostface_keras.faces.enroll import gallery_entries, is_store, rank_against_store
+from ghostface_keras.gallery.identity import check_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +156,10 @@ class Gallery:
                             "expected a non-empty (N, D) float array")
         if len(names) != len(embeddings) or (paths and len(paths) != len(embeddings)):
             raise DataError(f"{path}: {len(names)} names and {len(paths)} paths for {len(embeddings)} embeddings")
-        return cls(names, embeddings.astype(np.float32), paths)
+        # a NaN row would answer "similarity nan" for every probe: refused whole, naming the row
+        check_embeddings(embeddings, embeddings.shape[1],
+                         [f"{path}: row {index + 1} ({name})" for index, name in enumerate(names)])
+        return cls(names, embeddings.astype(np.float32), paths)  # as saved: bit-exact round trips
 
 
 class FaceEmbedder:
@@ -349,6 +354,10 @@ class FaceEmbedder:
         outputs = [self._embed(crops[start:start + self.batch_size]) for start in range(0, len(crops), self.batch_size)]
         embeddings = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, self.model.embedding_size or 0),
                                                                                np.float32)
+        broken = ~np.isfinite(embeddings).all(axis=1)
+        if broken.any():  # NaN would pass every later comparison as "nan", never as an error
+            raise DataError(f"model {self.model.name}: gave NaN or infinite embeddings for {int(broken.sum())} of "
+                            f"{len(broken)} faces (broken or overflowing weights); refused")
         return l2_normalize(embeddings)
 
     def verify(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None,
@@ -421,7 +430,7 @@ class FaceEmbedder:
             >>> sorted(set(gallery.names)), gallery.embeddings.shape
             (['alice', 'bob'], (4, 32))
         """
-        entries = _gallery_entries(source)
+        entries = gallery_entries(source)
         embeddings = self.embed_batch([image for _, image in entries], skip_missing=True, progress=progress)
         found = ~np.isnan(embeddings).any(axis=1)
         for (name, image), ok in zip(entries, found):
@@ -435,7 +444,9 @@ class FaceEmbedder:
     def identify(self, probe: ImageInput, gallery: Gallery | str | os.PathLike | Mapping[str, Iterable[ImageInput]],
                  top_k: int = 5, threshold: float | None = None, face: FaceChoice = "largest") -> list[Match]:
         """Rank gallery identities by the similarity of their closest photo to one face of the probe (the
-        largest unless `face` says which; `identify_faces` ranks for every face).
+        largest unless `face` says which; `identify_faces` ranks for every face). `gallery`: a `Gallery`, a
+        persistent gallery folder or `GalleryStore` (`ghostface_keras.faces.enroll`; searched by its index, refused
+        if built with another model), a folder of photos or a mapping name -> photos (embedded now).
 
         Example:
             >>> import keras
@@ -469,6 +480,12 @@ class FaceEmbedder:
             [(1, 'bob')]
         """
         threshold = self.threshold if threshold is None else float(threshold)
+        if is_store(gallery):  # a persistent gallery folder (or an open GalleryStore): its index searches
+            faces = self.choose_faces(probe, face)
+            probe_embeddings = self.embed_aligned(np.stack([found.image for found in faces]))
+            ranked = rank_against_store(gallery, self, probe_embeddings, top_k)
+            return [(found, [Match(name, similarity, path, bool(similarity >= threshold))
+                             for name, similarity, path in hits]) for found, hits in zip(faces, ranked)]
         if not isinstance(gallery, Gallery):
             gallery = self.build_gallery(gallery)
         faces = self.choose_faces(probe, face)
@@ -505,13 +522,3 @@ class FaceEmbedder:
 def _box_area(box: np.ndarray) -> float:
     return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
 
-
-def _gallery_entries(source: Any) -> list[tuple[str, ImageInput]]:
-    if isinstance(source, Mapping):
-        return [(str(name), image) for name, images in source.items() for image in images]
-    root = Path(source)
-    files = list_images(root)
-    if not files:
-        raise DataError(f"{root}: gallery folder has no image files")
-    # name/*.jpg -> identity "name"; flat files -> identity is the file name without extension
-    return [(path.parent.name if path.parent != root else path.stem, path) for path in files]

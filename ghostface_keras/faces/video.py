@@ -31,6 +31,7 @@ from ghostface_keras.faces.alignment import align_face, arcface_template, estima
 from ghostface_keras.core.errors import DataError, GhostFaceError
 from ghostface_keras.core.files import atomic_output
 from ghostface_keras.faces.tracking import IoUTracker, Track  # noqa: F401 - Track: part of this module's API
+from ghostface_keras.faces.enroll import is_store, open_gallery
 
 if TYPE_CHECKING:
     from ghostface_keras.faces.embedder import FaceEmbedder, Gallery
@@ -179,7 +180,10 @@ def watch(embedder: FaceEmbedder, source: int | str | os.PathLike | FrameSource 
 
     if embedder.detector is None:
         raise DataError("watching video needs a face detector, not 'none' (frames are not aligned crops)")
-    if isinstance(gallery, (str, os.PathLike)) and str(gallery).lower().endswith(".npz"):
+    if is_store(gallery):  # a persistent gallery: its photos, checked against this model, searched per frame
+        names, embeddings, paths = open_gallery(gallery, embedder).embeddings()
+        gallery = Gallery(names, embeddings, paths)
+    elif isinstance(gallery, (str, os.PathLike)) and str(gallery).lower().endswith(".npz"):
         gallery = Gallery.load(gallery)
     elif not isinstance(gallery, Gallery):
         gallery = embedder.build_gallery(gallery)

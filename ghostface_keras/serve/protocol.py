@@ -111,9 +111,23 @@ def handle_request(embedder: Any, gallery: Any, line: str | bytes) -> dict[str, 
         >>> print(handle_request(embedder, None, '{"op": "ping"')["error"])
         request is not valid JSON: Expecting ',' delimiter at column 14
     """
-    request_id: Any = None
     try:
         request = _parse(line)
+    except RequestError as error:
+        return {"id": None, "ok": False, "error": describe_failure(error)}
+    return answer_request(embedder, gallery, request)
+
+
+def answer_request(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The answer to one parsed request (what `handle_request` answers after parsing its line; the HTTP service
+    calls it directly). Image fields may also hold decoded RGB arrays (uploads), named "upload N" in answers.
+
+    Example:
+        >>> answer_request(None, None, {"op": "verify", "a": "x.jpg"})
+        {'id': None, 'ok': False, 'error': "verify needs 'b'"}
+    """
+    request_id: Any = None
+    try:
         request_id = _request_id(request)
         op = _check_fields(request)
         with _warnings_collected() as warnings:
@@ -202,9 +216,19 @@ def _json_type(value: Any) -> str:
 
 def _path(request: dict[str, Any], name: str) -> str:
     value = request[name]
+    if _is_array(value):  # an upload, decoded by the HTTP service
+        return value
     if not isinstance(value, str) or not value:
         raise RequestError(f"{name!r} must be a file path (a non-empty string), got {_json_type(value)}")
     return value
+
+
+def _is_array(value: Any) -> bool:
+    return type(value).__name__ == "ndarray"  # numpy without importing it for every request
+
+
+def _image_name(image: Any, index: int) -> str:
+    return image if isinstance(image, str) else f"upload {index + 1}"
 
 
 def _threshold(request: dict[str, Any], embedder: Any) -> float:
@@ -264,7 +288,21 @@ def _ping(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, Any
             "embedding_size": model.embedding_size, "threshold": _number(embedder.threshold, SIMILARITY_DECIMALS),
             "detector": "none" if detector is None else type(detector).__name__.lower().removesuffix("detector"),
             "flip": bool(embedder.flip),
-            "gallery": None if gallery is None else {"photos": len(gallery.names), "people": len(set(gallery.names))}}
+            "gallery": gallery_counts(gallery)}
+
+
+def gallery_counts(gallery: Any) -> dict[str, int] | None:
+    """{"photos", "people"} of a `Gallery` or a `GalleryStore` (None for no gallery).
+
+    Example:
+        >>> gallery_counts(None) is None
+        True
+    """
+    if gallery is None:
+        return None
+    if hasattr(gallery, "photo_count"):  # a persistent gallery: counted by its database, as of now
+        return {"photos": gallery.photo_count, "people": gallery.person_count}
+    return {"photos": len(gallery.names), "people": len(set(gallery.names))}
 
 
 def _verify(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +319,8 @@ def _embed(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, An
     from ghostface_keras.core.errors import NoFaceError
 
     images = request["images"]
-    if not isinstance(images, list) or not images or not all(isinstance(image, str) and image for image in images):
+    if not isinstance(images, list) or not images or not all((isinstance(image, str) and image) or _is_array(image)
+                                                             for image in images):
         raise RequestError("'images' must be a non-empty array of file paths")
     if len(images) > MAX_IMAGES_PER_REQUEST:
         raise RequestError(f"{len(images)} images in one request; at most {MAX_IMAGES_PER_REQUEST} (split it)")
@@ -301,17 +340,18 @@ def _embed(embedder: Any, gallery: Any, request: dict[str, Any]) -> dict[str, An
             entry["embedding"] = _encode(embedding, encoding)
         pending.clear()
 
-    for image in images:
+    for index, image in enumerate(images):
+        name = _image_name(image, index)
         try:
             chosen = embedder.choose_faces(image, face)
         except NoFaceError as error:
             if not skip_missing:
                 raise
-            entries.append({"image": image, "number": 0, "count": 0, "box": None, "score": None,
+            entries.append({"image": name, "number": 0, "count": 0, "box": None, "score": None,
                             "embedding": None, "error": describe_failure(error)})
             continue
         for found in chosen:
-            entries.append({"image": image, **_face_json(found)})
+            entries.append({"image": name, **_face_json(found)})
             pending.append((entries[-1], found.image))
         if len(pending) >= EMBED_CHUNK:
             embed_pending()

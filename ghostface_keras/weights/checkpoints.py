@@ -305,6 +305,14 @@ def check_model_source(source: str | os.PathLike) -> None:
 
     source = str(source)
     if os.path.exists(source):
+        if not os.path.isdir(source):  # a SavedModel is a folder; a FIFO or a device would hang the loader
+            from ghostface_keras.core.errors import DataError
+            from ghostface_keras.core.files import check_regular_file
+
+            try:
+                check_regular_file(source, "model file")
+            except DataError as error:
+                raise ModelLoadError(str(error)) from None
         return
     if os.path.splitext(source)[1].lower() in MODEL_SUFFIXES or os.sep in source or "/" in source:
         raise ModelLoadError(f"{source}: model file not found")
