@@ -149,6 +149,10 @@ def test_small_variants_forward_pass(build):
     out = keras.ops.convert_to_numpy(model(batch, training=False))
     assert out.shape == (2, model.output_shape[-1])
     assert np.all(np.isfinite(out))
+    if "probabilities" in [layer.name for layer in model.layers]:
+        # an untrained classifier with GhostNet's He (fan-out) initializer saturates its softmax: look at the logits
+        logits = keras.Model(model.inputs, model.get_layer("predictions").output)
+        out = keras.ops.convert_to_numpy(logits(batch, training=False))
     assert not np.allclose(out[0], out[1])  # depends on the input
 
 
@@ -235,3 +239,38 @@ def test_zoo_command_prints_the_registry_rows(capsys):
     assert rows["MobileFaceNet"] == f"{g.MobileFaceNet().count_params():,}"
     assert zoo.main(["NoSuchModel"]) == 2
     assert capsys.readouterr().err.strip() == "ghostface-zoo: error: no model matches 'NoSuchModel'"
+
+
+def _conv_recipe(layers: list[tuple[str, dict]]) -> list[tuple]:
+    """(class, initializer, mode, distribution, scale, L2) of every conv / depthwise kernel, in model order."""
+    rows = []
+    for class_name, config in layers:
+        if class_name not in ("Conv2D", "DepthwiseConv2D"):
+            continue
+        key = "depthwise" if class_name == "DepthwiseConv2D" else "kernel"
+        initializer, regularizer = config[f"{key}_initializer"], config[f"{key}_regularizer"]
+        init_config = initializer.get("config") or {}
+        rows.append((class_name, initializer["class_name"], init_config.get("mode"), init_config.get("distribution"),
+                     init_config.get("scale"), round(float(regularizer["config"]["l2"]), 8) if regularizer else None))
+    return rows
+
+
+@pytest.mark.parametrize("variant, builder", [
+    ("ghostfacenetv1-w1.3-s2", lambda: g.GhostFaceNetV1(width=1.3, stem_strides=2, weight_decay=5e-4)),
+    pytest.param("ghostfacenetv1-w1.3-s1", lambda: g.GhostFaceNetV1(width=1.3, stem_strides=1, weight_decay=5e-4),
+                 marks=pytest.mark.large),
+    pytest.param("ghostfacenetv2-w1.3-s1", lambda: g.GhostFaceNetV2(width=1.3, stem_strides=1, weight_decay=5e-4),
+                 marks=pytest.mark.large),
+])
+def test_initializers_and_regularized_kernels_are_the_official_ones(variant, builder, reference_dir: Path):
+    """Read from the official code's own saved model: V1's VarianceScaling(2, fan_out, truncated normal) backbone,
+    Glorot for V2 and the GDC head, L2(2.5e-4) on every conv and depthwise kernel, layer by layer."""
+    import h5py
+
+    with h5py.File(reference_dir / variant / "model.h5", "r") as file:
+        official = json.loads(file.attrs["model_config"])["config"]["layers"]
+    expected = _conv_recipe([(layer["class_name"], layer["config"]) for layer in official])
+    ours = _conv_recipe([(type(layer).__name__, json.loads(json.dumps(layer.get_config(), default=str)))
+                         for layer in builder().layers])
+    assert len(ours) == len(expected) > 90
+    assert ours == expected

@@ -463,3 +463,53 @@ def test_library_errors_name_fields_and_the_cli_names_its_options(tmp_path, caps
     assert capsys.readouterr().err.strip() == "ghostface-train: error: --batch-size must be >= 1, got 0"
     assert cli.main([]) == 2
     assert capsys.readouterr().err.strip() == "ghostface-train: error: --data is required (or use --demo)"
+
+
+def test_sgd_is_the_official_recipe_coupled_l2_no_stride_2_bias_and_sgdw_decays_decoupled(tmp_path):
+    from ghostface_keras.train.recipes import (TrainingConfig, apply_presets, embedding_model, official_stages,
+                                                resolve_defaults)
+
+    def config(**fields):
+        fields = {"model": "GhostFaceNetV1-0.5-2", **fields}
+        return resolve_defaults(apply_presets(TrainingConfig(data=str(tmp_path), epochs=3, **fields)))
+
+    sgd = config(optimizer="sgd")
+    model = embedding_model(sgd)
+    kernels = [layer for layer in model.layers
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    regularized = [layer for layer in kernels if layer.kernel.regularizer is not None]
+    assert regularized == kernels and len(kernels) > 40
+    assert all(layer.kernel.regularizer.l2 == pytest.approx(2.5e-4) for layer in kernels)
+    assert not any(getattr(layer, "bias", None) is not None and layer.bias.regularizer for layer in model.layers)
+    assert model.get_layer("GDC_conv").bias is None  # stride 2: no GDC_conv bias, as the official recipe
+    stages, _ = official_stages(sgd, steps_per_epoch=4)
+    assert all(not stage["optimizer"].weight_decay for stage in stages if stage.get("optimizer"))
+    assert embedding_model(config(optimizer="sgd", model="GhostFaceNetV1-1.3-1")).get_layer("GDC_conv").bias is not None
+    assert embedding_model(config(optimizer="sgd", gdc_bias=True)).get_layer("GDC_conv").bias is not None
+
+    sgdw = config(optimizer="sgdw")
+    assert not embedding_model(sgdw).losses
+    stages, _ = official_stages(sgdw, steps_per_epoch=4)
+    assert stages[0]["optimizer"].weight_decay == pytest.approx(5e-4)
+    assert isinstance(stages[0]["optimizer"], keras.optimizers.SGD)
+
+
+def test_coupled_weight_decay_goes_through_momentum_like_the_official_l2():
+    """One layer, two SGD(momentum 0.9) steps on loss L: the update is numpy's v = 0.9 v - lr (g + wd w)."""
+    from ghostface_keras.train.optimizers import add_coupled_weight_decay
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")
+    w0 = rng.normal(size=(3, 1)).astype("float32")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False)(inputs))
+    model.layers[-1].kernel.assign(w0)
+    assert add_coupled_weight_decay(model, 0.1) == 1
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    w, velocity = w0.astype("float64"), np.zeros((3, 1))
+    for _ in range(2):
+        gradient = 2 * x.T @ (x @ w - y) / len(x) + 0.1 * w
+        velocity = 0.9 * velocity - 0.05 * gradient
+        w = w + velocity
+    np.testing.assert_allclose(model.layers[-1].kernel.numpy(), w, rtol=1e-5, atol=1e-6)

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             details["choices"] = list(details["choices"])
         kind = str(option.type).replace(" | None", "")
         if kind == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
+            parser.add_argument(flag, action="store_true", default=option.default, help=help_text)
             continue
         default = option.default_factory() if option.default_factory is not dataclasses.MISSING else option.default
         parser.add_argument(flag, type=_TYPES[kind], default=default, help=help_text, **details)

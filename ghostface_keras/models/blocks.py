@@ -13,11 +13,12 @@ PyTorch-style padding).
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Union
 
 import keras
@@ -103,26 +104,46 @@ SE_GATES = {
 }
 
 
+# Kernel initializers of the official backbones (read from the official .h5 files' layer configs): GhostNetV1
+# draws every conv and depthwise kernel from VarianceScaling(2.0, fan_out, truncated normal); GhostNetV2 and
+# MobileFaceNet keep Keras' default, Glorot uniform. The GDC head is the same in all: GDC_dw Glorot uniform,
+# GDC_conv Glorot normal.
+KERNEL_INITIALIZERS = {
+    "ghostnet_v1": {"class_name": "VarianceScaling",
+                    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}},
+    "glorot_uniform": "glorot_uniform",
+}
+
+
 @dataclass(frozen=True)
 class LayerSettings:
-    """Options every block shares: BatchNorm statistics, weight decay, padding style.
+    """Options every block shares: BatchNorm statistics, weight decay, padding style, kernel initializer.
 
     `weight_decay` is the decay seen by SGD; it is applied as an L2 kernel regularizer of half the
     value (Keras' L2(l) adds l * sum(w^2), whose gradient is 2 * l * w), as the official recipe does
     (5e-4 -> L2(2.5e-4) on conv, depthwise and dense kernels; none on biases, BN or PReLU).
+    `kernel_initializer` is a key of `KERNEL_INITIALIZERS`, for the backbone's conv and depthwise kernels.
     """
 
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     weight_decay: float = 0.0
     padding: str = "same"
+    kernel_initializer: str = "glorot_uniform"
 
     def __post_init__(self):
         if self.padding not in ("same", "symmetric"):
             raise ValueError(f"padding must be 'same' or 'symmetric', got {self.padding!r}")
+        if self.kernel_initializer not in KERNEL_INITIALIZERS:
+            raise ValueError(f"kernel_initializer must be one of {sorted(KERNEL_INITIALIZERS)}, "
+                             f"got {self.kernel_initializer!r}")
 
     def regularizer(self):
         return keras.regularizers.L2(self.weight_decay / 2) if self.weight_decay > 0 else None
+
+    def initializer(self):
+        """A fresh initializer (each layer draws its own kernel)."""
+        return keras.initializers.get(copy.deepcopy(KERNEL_INITIALIZERS[self.kernel_initializer]))
 
 
 def _pad_for(x, kernel_size, strides, settings: LayerSettings, name: str):
@@ -145,6 +166,7 @@ def conv(x, filters: int, kernel_size, settings: LayerSettings, name: str, strid
         strides=strides,
         padding=padding,
         use_bias=use_bias,
+        kernel_initializer=settings.initializer(),
         kernel_regularizer=settings.regularizer(),
         name=name,
     )(x)
@@ -158,6 +180,7 @@ def depthwise_conv(x, kernel_size, settings: LayerSettings, name: str, strides=1
         strides=strides,
         padding=padding,
         use_bias=False,
+        depthwise_initializer=settings.initializer(),
         depthwise_regularizer=settings.regularizer(),
         name=name,
     )(x)
@@ -244,7 +267,7 @@ def dfc_attention(block_input, out_channels: int, settings: LayerSettings, name:
     gate = layers.AveragePooling2D(2, strides=2, padding="valid", name=f"{name}_pool")(block_input)
     gate = conv(gate, out_channels, 1, settings, f"{name}_conv")
     gate = batch_norm(gate, settings, f"{name}_bn")
-    symmetric = LayerSettings(settings.bn_momentum, settings.bn_epsilon, settings.weight_decay, "symmetric")
+    symmetric = replace(settings, padding="symmetric")
     gate = depthwise_conv(gate, (1, 5), symmetric, f"{name}_h_dw")
     gate = batch_norm(gate, settings, f"{name}_h_bn")
     gate = depthwise_conv(gate, (5, 1), symmetric, f"{name}_v_dw")
@@ -267,10 +290,11 @@ def se_block(x, settings: LayerSettings, name: str, ratio: float = 0.25, gate: s
     # keepdims pooling instead of GAP + Reshape: no dynamic-shape ops in TFLite graphs
     squeezed = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
     squeezed = layers.Conv2D(make_divisible(channels * ratio, divisor), 1, use_bias=True,
-                             kernel_regularizer=settings.regularizer(), name=f"{name}_reduce")(squeezed)
+                             kernel_initializer=settings.initializer(), kernel_regularizer=settings.regularizer(),
+                             name=f"{name}_reduce")(squeezed)
     squeezed = activation_layer(squeezed, activation, f"{name}_act")
-    squeezed = layers.Conv2D(channels, 1, use_bias=True, kernel_regularizer=settings.regularizer(),
-                             name=f"{name}_expand")(squeezed)
+    squeezed = layers.Conv2D(channels, 1, use_bias=True, kernel_initializer=settings.initializer(),
+                             kernel_regularizer=settings.regularizer(), name=f"{name}_expand")(squeezed)
     squeezed = layers.Activation(SE_GATES[gate], name=f"{name}_gate")(squeezed)
     return layers.Multiply(name=f"{name}_mul")([x, squeezed])
 
@@ -337,7 +361,8 @@ def gdc_head(x, settings: LayerSettings, embedding_size: int = 512, dropout: flo
     if height is None or width is None:
         raise ValueError("the GDC head needs a static feature-map size (give the model a fixed input_shape)")
     x = layers.DepthwiseConv2D((height, width), padding="valid", use_bias=False,
-                               depthwise_regularizer=settings.regularizer(), name="GDC_dw")(x)
+                               depthwise_initializer="glorot_uniform", depthwise_regularizer=settings.regularizer(),
+                               name="GDC_dw")(x)
     x = batch_norm(x, settings, "GDC_batchnorm")
     if dropout > 0:
         x = layers.Dropout(dropout, name="GDC_dropout")(x)

@@ -23,7 +23,8 @@ def _ghostfacenet(version: int, width: float, stem_strides: int, use_bias: bool,
                   embedding_size: int, dropout: float, input_shape, activation: ActivationSpec, bn_momentum: float,
                   bn_epsilon: float, weight_decay: float, se_gate: str, weights) -> keras.Model:
     settings = LayerSettings(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, weight_decay=weight_decay,
-                             padding="same" if version == 1 else "symmetric")
+                             padding="same" if version == 1 else "symmetric",
+                             kernel_initializer="ghostnet_v1" if version == 1 else "glorot_uniform")
     inputs = keras.Input(shape=tuple(input_shape), name="input")
     features = ghostnet_features(
         inputs,

@@ -81,7 +81,8 @@ def ghostnet_features(
         raise ValueError(f"version must be 1 or 2, got {version!r}")
     if stem_strides not in (1, 2):
         raise ValueError(f"stem_strides must be 1 or 2, got {stem_strides!r}")
-    settings = settings or LayerSettings(padding="same" if version == 1 else "symmetric")
+    settings = settings or LayerSettings(padding="same" if version == 1 else "symmetric",
+                                         kernel_initializer="ghostnet_v1" if version == 1 else "glorot_uniform")
     x = conv_bn_act(inputs, make_divisible(STEM_CHANNELS * width), 3, settings, "stem", strides=stem_strides,
                     activation=activation)
     for index, stage in enumerate(stages, start=1):
@@ -105,7 +106,8 @@ def ghostnet_features(
 def _ghostnet_classifier(version: int, width: float, input_shape, include_top: bool, num_classes: int,
                          dropout: float, activation: ActivationSpec, weight_decay: float, name: str, weights):
     settings = LayerSettings(padding="same" if version == 1 else "symmetric", bn_momentum=0.9,
-                             bn_epsilon=1e-5, weight_decay=weight_decay)
+                             bn_epsilon=1e-5, weight_decay=weight_decay,
+                             kernel_initializer="ghostnet_v1" if version == 1 else "glorot_uniform")
     inputs = keras.Input(shape=input_shape, name="input")
     x = ghostnet_features(inputs, width=width, stem_strides=2, version=version, activation=activation,
                           se_gate="hard_sigmoid", settings=settings)

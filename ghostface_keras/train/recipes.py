@@ -41,7 +41,10 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "train_config.json"
 DEMO_IDENTITIES, DEMO_IMAGES, DEMO_HELD_OUT = 80, 16, 40
 LOSSES = ("arcface", "cosface", "magface", "adaface")
-OPTIMIZERS = ("sgd", "adamw", "sam")
+OPTIMIZERS = ("sgd", "sgdw", "adamw", "sam")
+# Optimizers whose weight decay is the official coupled L2 (L2(wd / 2) in the loss on every conv, depthwise and
+# dense kernel and on the head, through momentum); sgdw and adamw decay decoupled from the gradient instead.
+COUPLED_DECAY = ("sgd", "sam")
 SCHEDULES = ("cosine", "exponential", "step", "constant")
 # what a run's identity is: a resumed run must agree on these, or it is refused before anything is written
 RUN_IDENTITY = ("model", "init_from", "loss", "sub_centers", "data", "demo")
@@ -78,14 +81,20 @@ class TrainingConfig:
                                        "32 with adamw)")
     sub_centers: int = _option(1, "sub-centers per class (Sub-center ArcFace)")
     optimizer: str | None = _option(help="default adamw from scratch (SGD 0.1 diverges on small datasets), sgd "
-                                         "with `init_from`; sam = SGD with sharpness-aware minimization (`sam_rho`)",
+                                         "with `init_from`. sgd = the official recipe (momentum 0.9, coupled L2 "
+                                         "weight decay); sgdw = SGD with decoupled decay; sam = sgd with "
+                                         "sharpness-aware minimization (`sam_rho`)",
                                     choices=OPTIMIZERS)
     sam_rho: float = _option(0.05, "SAM neighbourhood radius (`optimizer` sam)")
     partial_fc_rate: float = _option(1.0, "partial FC: each step's softmax covers this fraction of the classes "
                                           "(batch classes + random others), e.g. 0.1 for 1 M identities; "
                                           "1 = full softmax")
     lr: float | None = _option(help="base LR (default sgd 0.1 from scratch, 0.01 fine-tuning; adamw 2e-3 / 1e-4)")
-    weight_decay: float | None = _option(help="decoupled weight decay (default 5e-4 sgd, 0.05 adamw)")
+    weight_decay: float | None = _option(help="weight decay (default 5e-4, 0.05 with adamw): coupled L2(wd/2) on "
+                                              "every kernel and the head with sgd and sam, as the official recipe; "
+                                              "decoupled with sgdw and adamw")
+    gdc_bias: bool | None = _option(help="train GDC_conv with a bias (default: as the official recipe, only for "
+                                         "stem stride 1)")
     schedule: str = _option("cosine", "LR schedule", choices=SCHEDULES)
     warmup_epochs: float = _option(0.0, "linear LR warm-up epochs")
     augment: Any = _option("flip", "augmentation level 0-3 or a name (see ghostface_keras.data)")
@@ -197,6 +206,8 @@ def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
     adamw = config.optimizer == "adamw"
     if config.lr is None:
         config.lr = (1e-4 if config.init_from else 2e-3) if adamw else (0.01 if config.init_from else 0.1)
+    if config.weight_decay is None:
+        config.weight_decay = 0.05 if adamw else 5e-4
     if config.scale is None:
         config.scale = 32.0 if adamw else 64.0
     if config.margin is None and adamw and config.loss == "arcface":
@@ -218,9 +229,10 @@ def official_stages(config: TrainingConfig, steps_per_epoch: int):
     from ghostface_keras.train.optimizers import build_optimizer
 
     finetune = bool(config.init_from)
-    inner = "sgd" if config.optimizer == "sam" else config.optimizer
+    inner = {"sam": "sgd", "sgdw": "sgd"}.get(config.optimizer, config.optimizer)
     lr = config.lr
-    decay = config.weight_decay if config.weight_decay is not None else (0.05 if inner == "adamw" else 5e-4)
+    # coupled decay is in the loss (`embedding_model`, the head): the optimizer itself then decays nothing
+    decay = 0.0 if config.optimizer in COUPLED_DECAY else config.weight_decay
     rho = config.sam_rho if config.optimizer == "sam" else 0.0
     freeze = config.freeze_backbone_epochs if config.freeze_backbone_epochs is not None else int(finetune)
     freeze = min(freeze, config.epochs)
@@ -273,15 +285,40 @@ def fine_tuning_model(path: str | os.PathLike):
 
 
 def embedding_model(config: TrainingConfig):
-    """The model a run trains: `init_from` loaded for fine-tuning, else the registry model from scratch."""
-    from ghostface_keras.models.registry import create_model
+    """The model a run trains: `init_from` loaded for fine-tuning, else the registry model from scratch, with
+    the GDC_conv bias of the official recipe (`official_gdc_bias`) unless `gdc_bias` says otherwise, and the
+    coupled L2 weight decay of the official recipe for sgd and sam (`COUPLED_DECAY`)."""
+    from ghostface_keras.models.registry import create_model, get_model_spec
+    from ghostface_keras.train.optimizers import add_coupled_weight_decay
 
     if config.init_from:
-        return fine_tuning_model(config.init_from)
-    try:
-        return create_model(config.model, weight_decay=0.0)
-    except (KeyError, ValueError) as error:
-        raise ModelNameError(f"model {config.model}: {error}", fields=("model",)) from error
+        model = fine_tuning_model(config.init_from)
+    else:
+        try:
+            spec = get_model_spec(config.model)
+            bias = config.gdc_bias if config.gdc_bias is not None else official_gdc_bias(spec.config)
+            model = create_model(config.model, weight_decay=0.0,
+                                 **({"use_bias": bias} if "use_bias" in spec.config or config.gdc_bias else {}))
+        except (KeyError, ValueError, TypeError) as error:
+            raise ModelNameError(f"model {config.model}: {error}", fields=("model",)) from error
+    if config.optimizer in COUPLED_DECAY and config.weight_decay:
+        add_coupled_weight_decay(model, config.weight_decay)
+    return model
+
+
+def official_gdc_bias(model_config: dict) -> bool:
+    """Whether the official training recipe gives GDC_conv a bias: `training_scripts.ipynb` builds the stride-1
+    GhostFaceNets with `use_bias=True` and the stride-2 ones without. (The released width-1.3 checkpoints, both
+    strides, have one: they come from `GhostFaceNets_with_Bias.py`; the registry builds those with it, to load
+    them.) Other models keep their registry default.
+
+    Example:
+        >>> official_gdc_bias({"width": 1.3, "stem_strides": 2}), official_gdc_bias({"stem_strides": 1})
+        (False, True)
+    """
+    if "stem_strides" not in model_config:
+        return bool(model_config.get("use_bias", False))
+    return model_config["stem_strides"] == 1
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -428,7 +465,8 @@ def _train_in(cluster, config: TrainingConfig) -> TrainingResult:
                           pair_sets=pair_sets, eval_every=config.eval_every, sub_centers=config.sub_centers,
                           cluster=cluster, steps_per_execution=config.steps_per_execution,
                           jit_compile=bool(config.jit_compile) or cluster.backend == "jax",
-                          stop_at_accuracy=config.stop_at, log_steps=config.log_steps)
+                          stop_at_accuracy=config.stop_at, log_steps=config.log_steps,
+                          head_weight_decay=config.weight_decay if config.optimizer in COUPLED_DECAY else 0.0)
         stages, trainer.schedule = official_stages(config, steps)
     if resuming:
         trainer.restore()  # refuses another model before the run's files change

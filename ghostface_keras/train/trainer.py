@@ -150,6 +150,8 @@ class Trainer:
         stop_at_accuracy: stop after the first epoch whose last pair set's verification accuracy reaches
             this (None: train all epochs).
         log_steps: also write every step's loss to `output_dir/steps.json` (`callbacks.StepLossLog`).
+        head_weight_decay: coupled weight decay of the class centers, L2(head_weight_decay / 2) on the head's raw
+            kernel as the official recipe (`optimizers.add_coupled_weight_decay` does the same for a backbone).
 
     Example:
         >>> from ghostface_keras.train.losses import ArcFace
@@ -177,6 +179,7 @@ class Trainer:
         jit_compile: bool | str = "auto",
         stop_at_accuracy: float | None = None,
         log_steps: bool = False,
+        head_weight_decay: float = 0.0,
     ):
         self.embedding_model, self.train_data = embedding_model, train_data
         self.num_classes, self.output_dir = int(num_classes), Path(output_dir)
@@ -189,7 +192,10 @@ class Trainer:
         self._prepare_output_dir()
         self._frozen_layers = [layer for layer in _sublayers(embedding_model) if not layer.trainable]
         with self.cluster.scope():
-            self.head = NormDense(self.num_classes, sub_centers=sub_centers, name="norm_dense")
+            # the official head regularizer (output_weight_decay=1): L2(wd / 2) on the raw class centers
+            regularizer = keras.regularizers.L2(head_weight_decay / 2) if head_weight_decay > 0 else None
+            self.head = NormDense(self.num_classes, sub_centers=sub_centers, kernel_regularizer=regularizer,
+                                  name="norm_dense")
             self.head.build((None, int(embedding_model.output_shape[-1])))
         self.progress = _Progress()
         self.model: keras.Model | None = None
