@@ -91,7 +91,8 @@ def xnnpack_int8_equivalent(model):
         >>> model = GhostFaceNetV1(width=0.5)
         >>> twin = xnnpack_int8_equivalent(model)
         >>> x = np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)).astype("float32")
-        >>> np.allclose(twin(x), model(x), atol=1e-4)
+        >>> want = np.asarray(model(x))      # untrained: the official He initializer makes large outputs
+        >>> bool(np.abs(np.asarray(twin(x)) - want).max() / np.abs(want).max() < 1e-5)
         True
     """
     import keras
