@@ -66,10 +66,18 @@ def is_large(item) -> bool:
     return bool(_spawning_in(item.path) & ({function} | fixtures))
 
 
+# The longest modules of the large tier (JAX multi-process training, real-size exports, crash tests): run first,
+# so that under pytest-xdist they overlap with the many short tests instead of forming the run's tail.
+LONGEST_FIRST = ("test_train_cli.py", "test_export_claims.py", "test_gallery_server.py", "test_quantization_aware.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_large(item):
             item.add_marker(pytest.mark.large)
+    # a stable sort by module rank keeps each module's tests together and in their order (module fixtures)
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _shared_dir() -> Path | None:
