@@ -57,12 +57,12 @@ def _spawning_in(path: Path) -> frozenset[str]:
 def is_large(item) -> bool:
     """The `large` tier, chosen from what a test uses: a large module, a real-size fixture, or a child
     process (its own code, a helper of its module or a fixture that starts one)."""
-    if item.path.name in LARGE_MODULES or LARGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if item.path.name in LARGE_MODULES or LARGE_FIXTURES & fixtures:
         return True
     if not item.path.name.startswith("test_"):
         return False
     function = getattr(item, "originalname", None) or item.name.split("[")[0]
-    fixtures = set(getattr(item, "fixturenames", ()))
     return bool(_spawning_in(item.path) & ({function} | fixtures))
 
 

@@ -85,6 +85,11 @@ def error_line(prog: str, error: BaseException) -> str:
     return f"{prog}: error: {text[0] if text else type(error).__name__}"
 
 
+def option_flag(name: str) -> str:
+    """The command-line option of a library setting: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
 def settings_as_flags(error: BaseException) -> str:
     """The message of a library error with the settings it names (`error.fields`, spelled as in the library)
     spelled as command-line options: `batch_size` -> `--batch-size`. Names inside paths or longer words stay.
@@ -98,7 +103,7 @@ def settings_as_flags(error: BaseException) -> str:
 
     text = str(error)
     for name in sorted(getattr(error, "fields", ()), key=len, reverse=True):
-        text = re.sub(rf"(?<![\w/.\\-]){re.escape(name)}(?![\w/.\\-])", "--" + name.replace("_", "-"), text)
+        text = re.sub(rf"(?<![\w/.\\-]){re.escape(name)}(?![\w/.\\-])", option_flag(name), text)
     return text
 
 

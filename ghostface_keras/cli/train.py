@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from ghostface_keras.cli import (EXIT_CHECK_FAILED, error_line, import_backend_quietly, quiet_tensorflow_logs,
-                                 run_reporting_errors, settings_as_flags)
+                                 option_flag, run_reporting_errors, settings_as_flags)
 
 PROG = "ghostface-train"
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      formatter_class=_HelpFormatter)
     for option in dataclasses.fields(TrainingConfig):
-        flag = "--" + option.name.replace("_", "-")
+        flag = option_flag(option.name)
         details = dict(option.metadata)
         help_text = _flag_spelling(details.pop("help", ""))
         if "choices" in details:
@@ -66,7 +66,7 @@ def _flag_spelling(text: str) -> str:
     """Help texts name other settings in backticks (`init_from`); the command line shows its options."""
     import re
 
-    return re.sub(r"`([a-z_]+)`", lambda match: "--" + match.group(1).replace("_", "-"), text)
+    return re.sub(r"`([a-z_]+)`", lambda match: option_flag(match.group(1)), text)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

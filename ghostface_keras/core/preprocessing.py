@@ -44,8 +44,9 @@ def flip_summed(network, pixels, flip: bool = True, one_call: bool = False):
     """`network(normalize(pixels))`, plus with `flip` the network's output for the mirrored images (width
     axis reversed): the official flip test-time augmentation, the one place it is written.
 
-    numpy or TensorFlow pixels (N, H, W, 3), as `normalize_images`. `one_call` runs original and mirrored
-    images as one batch of 2N (faster inside a compiled graph; runners with a fixed batch size need two calls).
+    numpy or TensorFlow pixels (N, H, W, 3), as `normalize_images`. With TensorFlow tensors, `one_call` runs
+    original and mirrored images as one batch of 2N (faster inside a compiled graph); numpy runners always get
+    two calls of N (a runner may have a fixed batch size).
 
     Example:
         >>> network = lambda inputs: inputs.reshape(len(inputs), -1)[:, :2] * 2
@@ -66,9 +67,6 @@ def flip_summed(network, pixels, flip: bool = True, one_call: bool = False):
             return outputs[:half] + outputs[half:]
         return network(inputs) + network(mirrored)
     mirrored = np.ascontiguousarray(inputs[:, :, ::-1])
-    if one_call:
-        outputs = np.asarray(network(np.concatenate([inputs, mirrored])), dtype=np.float32)
-        return outputs[:len(inputs)] + outputs[len(inputs):]
     return np.asarray(network(inputs), dtype=np.float32) + np.asarray(network(mirrored), dtype=np.float32)
 
 

@@ -69,10 +69,10 @@ def add_coupled_weight_decay(model: keras.Model, weight_decay: float) -> int:
         >>> add_coupled_weight_decay(model, 5e-4), len(model.losses)
         (1, 1)
     """
+    classes = {getattr(keras.layers, name): attributes for name, attributes in _KERNELS.items()}
     count = 0
     for layer in _all_layers(model):
-        classes = {getattr(keras.layers, name): attributes for name, attributes in _KERNELS.items()}
-        attributes = next((names for cls, names in classes.items() if type(layer) is cls), ())
+        attributes = classes.get(type(layer), ())
         for attribute in attributes:
             variable = getattr(layer, attribute, None)
             if variable is not None and layer.trainable:

@@ -148,9 +148,13 @@ def apply_presets(config: TrainingConfig) -> TrainingConfig:
         for key, value in DEMO_SETTINGS.items():
             if getattr(config, key) == defaults[key]:
                 setattr(config, key, value)
-    if config.output is None:
-        config.output = os.path.join("runs", "demo" if config.demo else "train")
+    config.output = output_folder(config)
     return config
+
+
+def output_folder(config: TrainingConfig) -> str:
+    """Where a run writes: `output`, else runs/demo or runs/train."""
+    return config.output or os.path.join("runs", "demo" if config.demo else "train")
 
 
 def validate(config: TrainingConfig) -> None:
@@ -196,7 +200,7 @@ def _check_paths(config: TrainingConfig) -> None:
     check_input_paths((path, ".bin file") for path in config.eval_bins)
     if config.init_from:
         check_model_source(config.init_from)
-    check_output_path(config.output or os.path.join("runs", "train"), "folder")
+    check_output_path(output_folder(config), "folder")
 
 
 def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
