@@ -32,6 +32,10 @@ from ghostface_keras.core.errors import GhostFaceError
 logger = logging.getLogger(__name__)
 
 DEFAULT_INIT_TIMEOUT_S = 300
+# Class-sharded heads (`setup_cluster(shard_classes=True)`): the mesh axis their class centers are split over, and
+# the variable paths that are split (the training head `norm_dense`'s kernel; optimizer slots follow it).
+CLASS_AXIS = "model"
+CLASS_CENTERS_PATH = r"(.*/)?norm_dense/kernel"
 # A process whose peers stop answering (killed, crashed, host lost) is stopped after this many seconds.
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
 
@@ -99,6 +103,7 @@ class Cluster:
         num_devices: data-parallel replicas over all processes (the global batch is split over them).
         strategy: the `tf.distribute.Strategy` (TensorFlow backend), else None.
         distribution: the `keras.distribution.Distribution` (JAX backend, several devices), else None.
+        class_shards: devices the class centers are split over (`shard_classes`; 1 = a replicated head).
     """
 
     backend: str
@@ -108,6 +113,7 @@ class Cluster:
     strategy: Any = None
     distribution: Any = None
     devices: list = field(default_factory=list)
+    class_shards: int = 1
 
     @property
     def is_writer(self) -> bool:
@@ -137,6 +143,7 @@ def setup_cluster(
     process_id: int = 0,
     init_timeout: float = DEFAULT_INIT_TIMEOUT_S,
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    shard_classes: bool = False,
 ) -> Cluster:
     """Join the processes of a run (JAX) and choose its data-parallel devices.
 
@@ -147,6 +154,9 @@ def setup_cluster(
         num_processes, process_id: the number of processes and this one's rank.
         init_timeout: seconds to wait for every process to join before giving up.
         heartbeat_timeout: seconds after which a process whose peers went silent stops with an error.
+        shard_classes: split the class centers of the head over every device of the run (JAX): a
+            `keras.distribution.ModelParallel` over a (batch 1, model N) `DeviceMesh`, the batch split over the N
+            devices and the head's kernel (`CLASS_CENTERS_PATH`) by class (`ghostface_keras.train.sharded`).
 
     Run it before building any model. It checks every argument first and raises `DistributionError` with
     one line on bad input (`process_id` out of range, processes without a coordinator, JAX missing,
@@ -165,13 +175,17 @@ def setup_cluster(
             "MultiWorkerMirroredStrategy, keras-team/keras#20585): unset it and use KERAS_BACKEND=jax with "
             "--coordinator HOST:PORT --num-processes N --process-id I")
     name = backend()
+    if shard_classes and name != "jax":
+        raise DistributionError(f"shard_classes splits the class centers over devices on the JAX backend, not {name}: "
+                                "set KERAS_BACKEND=jax", fields=("shard_classes",))
     if num_processes > 1 and name != "jax":
         if not _jax_installed():
             raise DistributionError("several processes train on the JAX backend, and jax is not installed: "
                                     "pip install 'ghostface_keras[jax]', then set KERAS_BACKEND=jax")
         raise DistributionError(f"several processes train on the JAX backend (this is {name}): set KERAS_BACKEND=jax")
     if name == "jax":
-        return _jax_cluster(devices, coordinator, num_processes, process_id, init_timeout, heartbeat_timeout)
+        return _jax_cluster(devices, coordinator, num_processes, process_id, init_timeout, heartbeat_timeout,
+                            shard_classes)
     if name == "tensorflow":
         return _tensorflow_cluster(devices)
     if devices not in (None, 1):
@@ -204,7 +218,8 @@ def _jax_installed() -> bool:
     return True
 
 
-def _jax_cluster(devices, coordinator, num_processes, process_id, init_timeout, heartbeat_timeout) -> Cluster:
+def _jax_cluster(devices, coordinator, num_processes, process_id, init_timeout, heartbeat_timeout,
+                 shard_classes=False) -> Cluster:
     import jax
     import keras
 
@@ -232,12 +247,32 @@ def _jax_cluster(devices, coordinator, num_processes, process_id, init_timeout, 
     if len({sum(1 for d in mesh_devices if d.process_index == p) for p in range(jax.process_count())}) != 1:
         raise DistributionError("every process must use the same number of devices")
     distribution = None
-    if len(mesh_devices) > 1:
+    if shard_classes and len(mesh_devices) > 1:
+        distribution = class_sharded_distribution(mesh_devices)
+        keras.distribution.set_distribution(distribution)
+    elif len(mesh_devices) > 1:
         # The input pipeline shards by process itself (each process decodes only its own images).
         distribution = keras.distribution.DataParallel(devices=mesh_devices, auto_shard_dataset=False)
         keras.distribution.set_distribution(distribution)
     return Cluster("jax", jax.process_count(), jax.process_index(), len(mesh_devices), None, distribution,
-                   mesh_devices)
+                   mesh_devices, class_shards=len(mesh_devices) if shard_classes else 1)
+
+
+def class_sharded_distribution(devices: list):
+    """`keras.distribution.ModelParallel` for a class-sharded head over `devices` (JAX devices of every process).
+
+    The mesh has a "batch" axis of 1 and a "model" axis of N: each device holds a slice of every batch (the data
+    layout splits the batch over the "model" axis: the backbone stays data parallel on all N devices) and a
+    slice of the classes (the head kernel's class axis on "model", arcface_torch's layout). Every other
+    variable is replicated. The input pipeline shards by process itself, as with `DataParallel`.
+    """
+    import keras
+
+    mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", CLASS_AXIS), devices=devices)
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map[CLASS_CENTERS_PATH] = (None, CLASS_AXIS)
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name=CLASS_AXIS,
+                                            auto_shard_dataset=False)
 
 
 def rendezvous(coordinator: str, num_processes: int, process_id: int, timeout: float) -> None:
@@ -357,8 +392,11 @@ def current_cluster() -> Cluster:
 
         distribution = keras.distribution.distribution()
         devices = list(distribution.device_mesh.devices.flatten()) if distribution is not None else []
+        shards = 1
+        if isinstance(distribution, keras.distribution.ModelParallel) and CLASS_AXIS in distribution.device_mesh.axis_names:
+            shards = distribution.device_mesh.shape[distribution.device_mesh.axis_names.index(CLASS_AXIS)]
         return Cluster(name, jax.process_count(), jax.process_index(), max(1, len(devices)), None, distribution,
-                       devices)
+                       devices, class_shards=shards)
     return Cluster(name)
 
 
@@ -388,11 +426,16 @@ def weights_fingerprint(model) -> str:
 
 
 def to_numpy(value):
-    """A variable's or array's value as numpy, also for a replicated array spread over several processes."""
+    """A variable's or array's value as numpy, also for an array spread over several processes (replicated: the
+    local copy; sharded, e.g. class centers: gathered from every process, so every process must call it)."""
     import numpy as np
 
     value = getattr(value, "value", value)
     if hasattr(value, "is_fully_addressable") and not value.is_fully_addressable:
+        if not value.sharding.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(value, tiled=True))
         value = value.addressable_data(0)  # replicated: every local copy holds the whole value
     import keras
 
@@ -519,9 +562,11 @@ __all__ = [
     "Cluster",
     "DistributionError",
     "LostProcessError",
+    "CLASS_AXIS",
     "agree_on_writer_check",
     "broadcast_arrays_from_writer",
     "broadcast_from_writer",
+    "class_sharded_distribution",
     "current_cluster",
     "is_writer_process",
     "local_predictor",

@@ -52,6 +52,11 @@ class _MarginLoss(keras.losses.Loss):
         """Non-trainable variables the loss updates while training (saved with the training state)."""
         return []
 
+    def norm_regularizer(self, norms):
+        """A per-sample term added to the cross-entropy, from the raw embedding norms (B,); None for none.
+        (MagFace's g(a); the class-sharded head, `ghostface_keras.train.sharded`, adds it the same way.)"""
+        return None
+
     def margined_logits(self, y_true, y_pred):
         """Scaled logits with the margin applied at the target class (what the softmax sees)."""
         y_pred = ops.cast(y_pred, "float32")
@@ -203,11 +208,13 @@ class MagFace(_MarginLoss):
         phi = ops.cos(ops.arccos(cosines) + margin)
         return ops.minimum(phi, cosines)
 
+    def norm_regularizer(self, norms):
+        magnitude = self._clipped_norm(norms)
+        return self.regularizer_weight * (magnitude / self.max_norm**2 + 1.0 / magnitude)
+
     def call(self, y_true, y_pred):
         logits, onehot, norms = self.margined_logits(y_true, y_pred)
-        magnitude = self._clipped_norm(norms)
-        regularizer = magnitude / self.max_norm**2 + 1.0 / magnitude
-        return _smoothed_cross_entropy(onehot, logits, self.label_smoothing) + self.regularizer_weight * regularizer
+        return _smoothed_cross_entropy(onehot, logits, self.label_smoothing) + self.norm_regularizer(norms)
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -13,8 +13,8 @@ The train step is `ghostface_keras.train.step`'s (TensorFlow and JAX; `sam_rho >
 sampled classes). Under a `tf.distribute`
 strategy every replica draws its own sample for its share of the batch; under `keras.distribution` (JAX,
 several devices or processes) one sample covers the classes of the global batch. Either way the gradients
-are all-reduced as usual (data parallel); the class-sharded, model-parallel head of the paper is not
-implemented: the full C x D head is replicated on every device.
+are all-reduced as usual (data parallel), the full C x D head replicated on every device; the class-sharded,
+model-parallel head (each device holds C / N centers and samples among them) is `ghostface_keras.train.sharded`.
 
 Example:
     >>> import numpy as np

@@ -47,7 +47,7 @@ OPTIMIZERS = ("sgd", "sgdw", "adamw", "sam")
 COUPLED_DECAY = ("sgd", "sam")
 SCHEDULES = ("cosine", "exponential", "step", "constant")
 # what a run's identity is: a resumed run must agree on these, or it is refused before anything is written
-RUN_IDENTITY = ("model", "init_from", "loss", "sub_centers", "data", "demo")
+RUN_IDENTITY = ("model", "init_from", "loss", "sub_centers", "data", "demo", "shard_classes")
 
 
 def _option(default: Any = None, help: str = "", **argparse: Any) -> Any:
@@ -89,6 +89,10 @@ class TrainingConfig:
     partial_fc_rate: float = _option(1.0, "partial FC: each step's softmax covers this fraction of the classes "
                                           "(batch classes + random others), e.g. 0.1 for 1 M identities; "
                                           "1 = full softmax")
+    shard_classes: bool = _option(False, "split the class centers by class over every device of the run (JAX): "
+                                         "each device holds C / N centers and their optimizer slots, the softmax "
+                                         "is distributed, and `partial_fc_rate` samples on every shard; for "
+                                         "millions of identities (docs/training.md)")
     lr: float | None = _option(help="base LR (default sgd 0.1 from scratch, 0.01 fine-tuning; adamw 2e-3 / 1e-4)")
     weight_decay: float | None = _option(help="weight decay (default 5e-4, 0.05 with adamw): coupled L2(wd/2) on "
                                               "every kernel and the head with sgd and sam, as the official recipe; "
@@ -416,7 +420,7 @@ def train(config: TrainingConfig) -> TrainingResult:
     if config.cpu_devices:
         use_cpu_devices(config.cpu_devices)
     cluster = setup_cluster(config.devices, config.coordinator, config.num_processes, config.process_id,
-                            config.init_timeout)
+                            config.init_timeout, shard_classes=config.shard_classes)
     from ghostface_keras.data.pipeline import pipeline_errors_in_one_line
 
     try:

@@ -57,6 +57,7 @@ HISTORY_FILE = "history.json"
 STEPS_FILE = "steps.json"
 MODEL_FILE = "model.keras"
 BEST_FILE = "best.keras"
+CENTERS_FILE = "class_centers.npy"
 
 
 @dataclass
@@ -194,13 +195,24 @@ class Trainer:
         with self.cluster.scope():
             # the official head regularizer (output_weight_decay=1): L2(wd / 2) on the raw class centers
             regularizer = keras.regularizers.L2(head_weight_decay / 2) if head_weight_decay > 0 else None
-            self.head = NormDense(self.num_classes, sub_centers=sub_centers, kernel_regularizer=regularizer,
-                                  name="norm_dense")
+            if self.sharded:
+                from ghostface_keras.train.sharded import ShardedNormDense
+
+                self.head = ShardedNormDense(self.num_classes, num_shards=self.cluster.class_shards,
+                                             sub_centers=sub_centers, kernel_regularizer=regularizer, name="norm_dense")
+            else:
+                self.head = NormDense(self.num_classes, sub_centers=sub_centers, kernel_regularizer=regularizer,
+                                      name="norm_dense")
             self.head.build((None, int(embedding_model.output_shape[-1])))
         self.progress = _Progress()
         self.model: keras.Model | None = None
         self._optimizer = None
         self.guard = NaNGuard()
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the class centers are split over the devices (`cluster.class_shards > 1`, JAX)."""
+        return self.cluster.class_shards > 1
 
     # ----------------------------------------------------------------- setup helpers
     @staticmethod
@@ -230,6 +242,11 @@ class Trainer:
         if custom and self.cluster.backend not in ("tensorflow", "jax"):
             raise GhostFaceError(f"{custom} has train steps for the TensorFlow and JAX backends, not "
                                  f"{self.cluster.backend} (plain stages train on every backend)")
+        if self.sharded:  # partial FC and SAM too: the same composed step over the class-sharded head
+            from ghostface_keras.train.sharded import ShardedFaceModel
+
+            return ShardedFaceModel(self.embedding_model, self.head, sample_rate=stage.partial_fc_rate,
+                                    sam_rho=stage.sam_rho, name="face_training_sharded")
         if stage.partial_fc_rate < 1.0:  # with SAM too when sam_rho > 0: one composed step (train/step.py)
             return PartialFCModel(self.embedding_model, self.head, sample_rate=stage.partial_fc_rate,
                                   sam_rho=stage.sam_rho, name="face_training_partial_fc")
@@ -240,6 +257,10 @@ class Trainer:
         return keras.Model(inputs, outputs, name="face_training")
 
     def _accuracy(self):
+        if self.sharded:  # its step predicts column indices (no B x C cosines leave the shards)
+            from ghostface_keras.train.sharded import prediction_accuracy
+
+            return prediction_accuracy
         # the head's cosines come first; MagFace / AdaFace stages append a -||x|| column (partial FC: K cosines)
         has_norm_column = self.head.append_norm
 
@@ -317,6 +338,10 @@ class Trainer:
             if self.model.stop_training:
                 break
         self.save_embedding_model()
+        if self.sharded:
+            from ghostface_keras.train.sharded import save_class_centers
+
+            save_class_centers(self.head, self.output_dir / CENTERS_FILE)  # every process: a gather
         return history.records
 
     def _run_stage(self, index, stage, stage_end, history, clock, lr_callback, verification):
@@ -381,8 +406,9 @@ class Trainer:
     # ----------------------------------------------------------------- state files
     def save_state(self, stage_index: int) -> None:
         """Write weights, optimizer slots and bookkeeping to `output_dir/training_state.npz` atomically
-        (process 0 only: the other processes hold the same values)."""
-        if not self.cluster.is_writer:
+        (process 0 only: the other processes hold the same values, or, for class-sharded centers, take part in
+        gathering them)."""
+        if not self.cluster.is_writer and not (self.sharded and self.cluster.num_processes > 1):
             return
         arrays = {f"weight_{i}": to_numpy(w) for i, w in enumerate(self._all_weights())}
         if self.model is not None and self.model.optimizer is not None:
@@ -391,6 +417,8 @@ class Trainer:
         for kind, variables in self._stage_state_variables().items():
             for i, variable in enumerate(variables):
                 arrays[f"{kind}_{i}"] = to_numpy(variable)
+        if not self.cluster.is_writer:
+            return
         meta = {"epoch": self.progress.epoch, "optimizer_stage": self.progress.optimizer_stage,
                 "stage": stage_index, "best": self.progress.best, "extra": self.progress.extra}
         arrays["meta"] = np.array(json.dumps(meta))
