@@ -88,7 +88,8 @@ def __dir__() -> list[str]:
 # `import ghostface_keras` works, and `import ghostface_keras` alone still imports no Keras (fast `--help`).
 _SERIALIZABLE_MODULES = ("ghostface_keras.models.blocks", "ghostface_keras.train.heads", "ghostface_keras.train.losses",
                          "ghostface_keras.train.schedules", "ghostface_keras.train.optimizers",
-                         "ghostface_keras.train.partial_fc", "ghostface_keras.export.quantization_aware")
+                         "ghostface_keras.train.partial_fc", "ghostface_keras.train.sharded",
+                         "ghostface_keras.export.quantization_aware")
 
 
 def _register_keras_objects() -> None:

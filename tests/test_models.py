@@ -274,3 +274,73 @@ def test_initializers_and_regularized_kernels_are_the_official_ones(variant, bui
                          for layer in builder().layers])
     assert len(ours) == len(expected) > 90
     assert ours == expected
+
+
+# ------------------------------------------------------------------------------------ initial weights on the host
+@pytest.mark.parametrize("config, shape, expected_std, bound", [
+    # He fan-out truncated normal (GhostNetV1): std sqrt(2 / (3*3*32)), nothing beyond 2 std of the untruncated
+    ({"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}, (3, 3, 16, 32),
+     np.sqrt(2 / 288), 2 * np.sqrt(2 / 288) / 0.87962566103423978),
+    # Glorot uniform: U(-l, l), l = sqrt(6 / (fan_in + fan_out)), std l / sqrt(3)
+    ({"scale": 1.0, "mode": "fan_avg", "distribution": "uniform"}, (5, 7, 24, 40),
+     np.sqrt(6 / (35 * 64)) / np.sqrt(3), np.sqrt(6 / (35 * 64))),
+    # Glorot normal (GDC_conv, the head), which Keras draws truncated: a dense (512, 1000) kernel
+    ({"scale": 1.0, "mode": "fan_avg", "distribution": "truncated_normal"}, (512, 1000),
+     np.sqrt(2 / 1512), 2 * np.sqrt(2 / 1512) / 0.87962566103423978),
+    ({"scale": 1.0, "mode": "fan_in", "distribution": "untruncated_normal"}, (256, 300), np.sqrt(1 / 256), None),
+])
+def test_host_drawn_values_follow_the_keras_variance_scaling_formula(config, shape, expected_std, bound):
+    from ghostface_keras.models.blocks import variance_scaling_values
+
+    values = variance_scaling_values(config, shape, np.random.default_rng(0))
+    assert values.shape == shape
+    assert abs(values.mean()) < 0.05 * expected_std
+    assert values.std() == pytest.approx(expected_std, rel=0.03)
+    if bound is not None:
+        assert np.abs(values).max() <= bound + 1e-12 and np.abs(values).max() > 0.95 * bound
+
+
+def test_builders_draw_on_the_host_and_keep_the_builtin_initializers_in_their_configs():
+    from ghostface_keras.models.blocks import HostDrawn
+
+    keras.utils.set_random_seed(3)
+    model = g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3))
+    keras.utils.set_random_seed(4)
+    other = g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3))
+    kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D,
+                                                                    keras.layers.DepthwiseConv2D))]
+    assert kernels and not any(isinstance(getattr(layer, name, None), HostDrawn) for layer in model.layers
+                               for name in ("kernel_initializer", "depthwise_initializer"))
+    stem = model.get_layer("stem_conv")
+    assert type(stem.kernel_initializer).__name__ == "VarianceScaling"
+    assert keras.ops.convert_to_numpy(stem.kernel).std() == pytest.approx(np.sqrt(2 / (3 * 3 * stem.filters)), rel=0.2)
+    assert not np.array_equal(keras.ops.convert_to_numpy(stem.kernel),
+                              keras.ops.convert_to_numpy(other.get_layer("stem_conv").kernel))
+    # a HostDrawn left in a config (block builders used directly) still saves and loads
+    config = keras.initializers.serialize(HostDrawn("he_normal"))
+    assert type(keras.initializers.deserialize(config).initializer).__name__ == "HeNormal"
+
+
+def test_one_seed_gives_the_same_initial_weights_on_tensorflow_and_jax(tmp_path):
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np, keras\n"
+              "import ghostface_keras as g\n"
+              "keras.utils.set_random_seed(11)\n"
+              "model = g.GhostFaceNetV1(width=0.5, input_shape=(64, 64, 3))\n"
+              "np.savez(sys.argv[1], *[keras.ops.convert_to_numpy(w) for w in model.weights])\n")
+    root = Path(__file__).resolve().parents[1]
+    files = {}
+    for backend in ("tensorflow", "jax"):
+        files[backend] = tmp_path / f"{backend}.npz"
+        done = subprocess.run([sys.executable, "-c", script, str(files[backend])], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(root),
+                                                "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert done.returncode == 0, done.stderr[-2000:]
+    tf_weights, jax_weights = np.load(files["tensorflow"]), np.load(files["jax"])
+    assert len(tf_weights.files) > 100
+    for name in tf_weights.files:
+        np.testing.assert_array_equal(tf_weights[name], jax_weights[name])

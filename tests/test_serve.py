@@ -86,7 +86,7 @@ def _huge_canvas_png(path: Path, side: int = 10_000) -> Path:
 
 def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "TF_CPP_MIN_LOG_LEVEL": "3"}
+            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
 
 
 class Server:
@@ -120,8 +120,7 @@ class Server:
         try:
             line = self.answers.get(timeout=ANSWER_TIMEOUT)
         except queue.Empty:
-            self.process.kill()
-            raise AssertionError(f"no answer within {ANSWER_TIMEOUT} s; stderr: {''.join(self.stderr_lines)}")
+            raise AssertionError(f"no answer within {ANSWER_TIMEOUT} s; {self.abort()}") from None
         assert line is not None, f"the server ended; stderr: {''.join(self.stderr_lines)}"
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         return json.loads(line)
@@ -133,13 +132,30 @@ class Server:
     def finish(self) -> int:
         """Close stdin (end of input) and wait for the exit status."""
         self.process.stdin.close()
-        status = self.process.wait(timeout=ANSWER_TIMEOUT)
+        status = self.wait()
         assert self.answers.get(timeout=10) is None, "an answer nobody asked for"
         return status
 
     def stderr(self) -> str:
         time.sleep(0.2)  # let the reader thread take the last lines
         return "".join(self.stderr_lines)
+
+    def wait(self, timeout: float = ANSWER_TIMEOUT) -> int:
+        """The exit status, or a failure that shows where every thread of a server that does not exit waits."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server did not exit within {timeout} s; {self.abort()}") from None
+
+    def abort(self) -> str:
+        """Stop a stuck server with SIGABRT (faulthandler prints each thread's Python stack); returns stderr."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGABRT)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        return "stderr (stacks at the abort):\n" + self.stderr()
 
 
 def _assert_error(answer: dict, request_id: Any, *fragments: str) -> str:
@@ -264,7 +280,7 @@ def test_input_file_and_ctrl_c(model_file, photos, tmp_path):
                                                                                  str(photos["ann_1"]).encode()))
         assert server.answer()["ok"]
         server.process.send_signal(signal.SIGINT)
-        assert server.process.wait(timeout=ANSWER_TIMEOUT) == 130
+        assert server.wait() == 130
     finally:
         os.close(writer)
     stderr = server.stderr()

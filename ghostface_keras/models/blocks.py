@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Union
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 ActivationSpec = Union[str, Callable, None]
@@ -142,8 +143,111 @@ class LayerSettings:
         return keras.regularizers.L2(self.weight_decay / 2) if self.weight_decay > 0 else None
 
     def initializer(self):
-        """A fresh initializer (each layer draws its own kernel)."""
-        return keras.initializers.get(copy.deepcopy(KERNEL_INITIALIZERS[self.kernel_initializer]))
+        """A fresh initializer (each layer draws its own kernel), drawn on the host while building."""
+        return HostDrawn(copy.deepcopy(KERNEL_INITIALIZERS[self.kernel_initializer]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Initial weights drawn with numpy
+# --------------------------------------------------------------------------------------------------
+def _fans(shape: tuple[int, ...], input_axes=None, output_axes=None) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight shape as Keras counts them: a conv kernel (..., in, out) multiplies both
+    by its receptive field; explicit axes, when a VarianceScaling config names them, take precedence."""
+    if input_axes is not None and output_axes is not None:
+        return math.prod(shape[a] for a in input_axes), math.prod(shape[a] for a in output_axes)
+    if len(shape) < 2:
+        return (shape[0], shape[0]) if shape else (1, 1)
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+def variance_scaling_values(config: dict, shape, rng: np.random.Generator) -> np.ndarray:
+    """Values a Keras `VarianceScaling` of `config` draws for `shape` (same distribution, numpy's stream):
+    variance scale / fan (fan_in, fan_out or their mean), truncated normal (at 2 standard deviations,
+    rescaled so the variance is kept), untruncated normal or uniform.
+
+    Example:
+        >>> values = variance_scaling_values({"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+        ...                                  (3, 3, 64, 128), np.random.default_rng(0))
+        >>> round(float(values.std() * np.sqrt(3 * 3 * 128 / 2.0)), 2)     # std sqrt(2 / fan_out)
+        1.0
+    """
+    shape = tuple(int(d) for d in shape)
+    fan_in, fan_out = _fans(shape, config.get("input_axes"), config.get("output_axes"))
+    fan = {"fan_in": fan_in, "fan_out": fan_out}.get(config.get("mode", "fan_in"), (fan_in + fan_out) / 2)
+    scale = float(config.get("scale", 1.0)) / max(1.0, fan)
+    distribution = config.get("distribution", "truncated_normal")
+    if distribution == "uniform":
+        limit = math.sqrt(3.0 * scale)
+        return rng.uniform(-limit, limit, shape)
+    if distribution == "untruncated_normal":
+        return rng.normal(0.0, math.sqrt(scale), shape)
+    # truncated at +-2: the standard normal keeps 0.87962566 of its standard deviation there (Keras' constant)
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > 2.0
+    while outside.any():  # redraw until all lie inside: a truncated normal, as Keras' backends draw
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > 2.0
+    return values * (math.sqrt(scale) / 0.87962566103423978)
+
+
+@keras.saving.register_keras_serializable(package="ghostface_keras")
+class HostDrawn(keras.initializers.Initializer):
+    """A built-in `VarianceScaling`-family initializer (He, Glorot, LeCun, ...) drawn with numpy on the host.
+
+    Why: on JAX every eager random draw of a new shape is an XLA compilation of its own (about 0.1-0.3 s on
+    CPU), so building GhostFaceNetV1-0.5-2, a hundred kernels of different shapes, took 30 s on JAX against
+    1.4 s on TensorFlow (`benchmarks/model_build.py`). Same distribution, one random stream on every backend:
+    a seed (`keras.utils.set_random_seed`, which seeds numpy) gives the same initial weights on TensorFlow and
+    JAX. The builders put `initializer` itself back on their layers once the model is built
+    (`restore_builtin_initializers`), so saved configs name the built-in one, as the official files do.
+
+    Example:
+        >>> drawn = HostDrawn("glorot_uniform")
+        >>> tuple(drawn((3, 3, 16, 32)).shape), type(drawn.initializer).__name__
+        ((3, 3, 16, 32), 'GlorotUniform')
+    """
+
+    def __init__(self, initializer):
+        self.initializer = keras.initializers.get(initializer)
+        if not isinstance(self.initializer, keras.initializers.VarianceScaling):
+            raise ValueError(f"HostDrawn draws VarianceScaling initializers, not {type(self.initializer).__name__}")
+
+    def __call__(self, shape, dtype=None):
+        config = self.initializer.get_config()
+        seed = config.get("seed")
+        # no seed of its own: the next one from numpy's global stream (seeded by keras.utils.set_random_seed)
+        rng = np.random.default_rng(seed if isinstance(seed, int) else np.random.randint(0, 2**31 - 1))
+        values = variance_scaling_values(config, shape, rng)
+        return ops.convert_to_tensor(values.astype(keras.backend.standardize_dtype(dtype or "float32")))
+
+    def get_config(self) -> dict:
+        return {"initializer": keras.initializers.serialize(self.initializer)}
+
+
+_INITIALIZER_ATTRIBUTES = ("kernel_initializer", "depthwise_initializer")
+
+
+def restore_builtin_initializers(model: keras.Model) -> keras.Model:
+    """Give every layer built with a `HostDrawn` initializer the built-in one it stands for (its weights are
+    drawn by then); returns `model`.
+
+    Example:
+        >>> inputs = keras.Input((8, 8, 3))
+        >>> layer = layers.Conv2D(4, 3, kernel_initializer=HostDrawn("he_normal"))
+        >>> model = restore_builtin_initializers(keras.Model(inputs, layer(inputs)))
+        >>> layer.get_config()["kernel_initializer"]["class_name"]
+        'HeNormal'
+    """
+    pending = list(model.layers)
+    while pending:
+        layer = pending.pop()
+        pending.extend(getattr(layer, "layers", ()))  # a nested model's own layers
+        for attribute in _INITIALIZER_ATTRIBUTES:
+            value = getattr(layer, attribute, None)
+            if isinstance(value, HostDrawn):
+                setattr(layer, attribute, value.initializer)
+    return model
 
 
 def _pad_for(x, kernel_size, strides, settings: LayerSettings, name: str):
@@ -361,12 +465,12 @@ def gdc_head(x, settings: LayerSettings, embedding_size: int = 512, dropout: flo
     if height is None or width is None:
         raise ValueError("the GDC head needs a static feature-map size (give the model a fixed input_shape)")
     x = layers.DepthwiseConv2D((height, width), padding="valid", use_bias=False,
-                               depthwise_initializer="glorot_uniform", depthwise_regularizer=settings.regularizer(),
+                               depthwise_initializer=HostDrawn("glorot_uniform"), depthwise_regularizer=settings.regularizer(),
                                name="GDC_dw")(x)
     x = batch_norm(x, settings, "GDC_batchnorm")
     if dropout > 0:
         x = layers.Dropout(dropout, name="GDC_dropout")(x)
-    x = layers.Conv2D(embedding_size, 1, use_bias=use_bias, kernel_initializer="glorot_normal",
+    x = layers.Conv2D(embedding_size, 1, use_bias=use_bias, kernel_initializer=HostDrawn("glorot_normal"),
                       kernel_regularizer=settings.regularizer(), name="GDC_conv")(x)
     x = layers.Flatten(name="GDC_flatten")(x)
     x = batch_norm(x, settings, "pre_embedding", scale=embedding_bn_scale)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import keras
 
-from ghostface_keras.models.blocks import ActivationSpec, LayerSettings, gdc_head, renamed_arguments
+from ghostface_keras.models.blocks import (ActivationSpec, LayerSettings, gdc_head, renamed_arguments,
+                                          restore_builtin_initializers)
 from ghostface_keras.weights.apply import apply_weights
 from ghostface_keras.models.ghostnet import ghostnet_features
 
@@ -39,7 +40,7 @@ def _ghostfacenet(version: int, width: float, stem_strides: int, use_bias: bool,
     embedding = gdc_head(features, settings, embedding_size=embedding_size, dropout=dropout,
                          use_bias=use_bias, embedding_bn_scale=embedding_bn_scale)
     model = keras.Model(inputs, embedding, name=f"GhostFaceNetV{version}-{width:g}-{stem_strides}")
-    return apply_weights(model, weights)
+    return apply_weights(restore_builtin_initializers(model), weights)
 
 
 @renamed_arguments(strides="stem_strides", scale="embedding_bn_scale")

@@ -14,12 +14,14 @@ from keras import layers
 
 from ghostface_keras.models.blocks import (
     ActivationSpec,
+    HostDrawn,
     LayerSettings,
     activation_layer,
     conv_bn_act,
     ghost_bottleneck,
     make_divisible,
     renamed_arguments,
+    restore_builtin_initializers,
 )
 from ghostface_keras.weights.apply import apply_weights
 
@@ -113,14 +115,16 @@ def _ghostnet_classifier(version: int, width: float, input_shape, include_top: b
                           se_gate="hard_sigmoid", settings=settings)
     if include_top:
         x = layers.GlobalAveragePooling2D(keepdims=True, name="head_pool")(x)
-        x = layers.Conv2D(1280, 1, use_bias=True, kernel_regularizer=settings.regularizer(), name="head_conv")(x)
+        x = layers.Conv2D(1280, 1, use_bias=True, kernel_initializer=HostDrawn("glorot_uniform"),
+                          kernel_regularizer=settings.regularizer(), name="head_conv")(x)
         x = activation_layer(x, activation, "head_act")
         x = layers.Flatten(name="head_flatten")(x)
         if dropout > 0:
             x = layers.Dropout(dropout, name="head_dropout")(x)
-        x = layers.Dense(num_classes, kernel_regularizer=settings.regularizer(), name="predictions")(x)
+        x = layers.Dense(num_classes, kernel_initializer=HostDrawn("glorot_uniform"),
+                         kernel_regularizer=settings.regularizer(), name="predictions")(x)
         x = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
-    return apply_weights(keras.Model(inputs, x, name=name), weights)
+    return apply_weights(restore_builtin_initializers(keras.Model(inputs, x, name=name)), weights)
 
 
 def GhostNetV1(width: float = 1.0, input_shape=(224, 224, 3), include_top: bool = True, num_classes: int = 1000,

@@ -29,6 +29,7 @@ from ghostface_keras.models.blocks import (
     make_divisible,
     mobilefacenet_bottleneck,
     renamed_arguments,
+    restore_builtin_initializers,
 )
 from ghostface_keras.weights.apply import apply_weights
 
@@ -97,7 +98,7 @@ def MobileFaceNet(width: float = 1.0, expansion_multiplier: float = 1.0, embeddi
     x = conv_bn_act(x, make_divisible(FINAL_CHANNELS * width, 8), 1, settings, "final", activation=activation)
     embedding = gdc_head(x, settings, embedding_size=embedding_size, dropout=dropout, use_bias=use_bias,
                          embedding_bn_scale=embedding_bn_scale)
-    return apply_weights(keras.Model(inputs, embedding, name=name), weights)
+    return apply_weights(restore_builtin_initializers(keras.Model(inputs, embedding, name=name)), weights)
 
 
 @renamed_arguments(scale="embedding_bn_scale")

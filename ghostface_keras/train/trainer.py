@@ -347,7 +347,13 @@ class Trainer:
     def _run_stage(self, index, stage, stage_end, history, clock, lr_callback, verification):
         with self.cluster.scope():
             self.model = self._build_model(stage)
-            self.model.compile(optimizer=self._optimizer, loss=stage.loss, metrics=[self._accuracy()],
+            # The metric as an object made here, with its variables: from a bare function Keras would create
+            # them inside the first trace of the train step, and TensorFlow then traces the whole step a second
+            # time (a tf.function that creates variables is traced again without); that doubled every stage's
+            # first step (benchmarks/results/train_vs_official.md).
+            accuracy = self._accuracy()
+            self.model.compile(optimizer=self._optimizer, loss=stage.loss,
+                               metrics=[keras.metrics.MeanMetricWrapper(accuracy, name=accuracy.__name__)],
                                steps_per_execution=self.steps_per_execution, jit_compile=self.jit_compile)
             if self.schedule is not None:
                 # Before build: replacing the LR variable by a schedule changes the optimizer's variables.
