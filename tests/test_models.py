@@ -344,3 +344,17 @@ def test_one_seed_gives_the_same_initial_weights_on_tensorflow_and_jax(tmp_path)
     assert len(tf_weights.files) > 100
     for name in tf_weights.files:
         np.testing.assert_array_equal(tf_weights[name], jax_weights[name])
+
+
+@pytest.mark.parametrize("name, shape, expected_std", [
+    ("glorot_uniform", (4, 4, 664, 1), np.sqrt(2 / (664 * 16 + 16))),   # GDC_dw: fan_avg of a depthwise kernel
+    ("glorot_normal", (1, 1, 664, 512), np.sqrt(2 / (664 + 512))),       # GDC_conv
+    ("he_normal", (3, 3, 64, 128), np.sqrt(2 / (9 * 64))),
+])
+def test_host_drawn_reads_the_builtin_initializers_settings(name, shape, expected_std):
+    """Glorot / He configs hold only their seed: the draw must use the initializer's own scale, mode, distribution."""
+    from ghostface_keras.models.blocks import HostDrawn
+
+    keras.utils.set_random_seed(0)
+    values = keras.ops.convert_to_numpy(HostDrawn(name)(shape))
+    assert values.std() == pytest.approx(expected_std, rel=0.03)

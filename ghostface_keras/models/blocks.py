@@ -214,8 +214,10 @@ class HostDrawn(keras.initializers.Initializer):
             raise ValueError(f"HostDrawn draws VarianceScaling initializers, not {type(self.initializer).__name__}")
 
     def __call__(self, shape, dtype=None):
-        config = self.initializer.get_config()
-        seed = config.get("seed")
+        # from the attributes, not get_config(): Glorot, He and LeCun configs hold only their seed
+        config = {name: getattr(self.initializer, name, None)
+                  for name in ("scale", "mode", "distribution", "input_axes", "output_axes")}
+        seed = getattr(self.initializer, "seed", None)
         # no seed of its own: the next one from numpy's global stream (seeded by keras.utils.set_random_seed)
         rng = np.random.default_rng(seed if isinstance(seed, int) else np.random.randint(0, 2**31 - 1))
         values = variance_scaling_values(config, shape, rng)
