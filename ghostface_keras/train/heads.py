@@ -64,10 +64,15 @@ class NormDense(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
+    @property
+    def stored_classes(self) -> int:
+        """Classes the kernel has columns for (a subclass may pad them: `train.sharded.ShardedNormDense`)."""
+        return self.num_classes
+
     def build(self, input_shape):
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(int(input_shape[-1]), self.num_classes * self.sub_centers),
+            shape=(int(input_shape[-1]), self.stored_classes * self.sub_centers),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
             trainable=True,

@@ -178,14 +178,12 @@ class ShardedNormDense(NormDense):
     def padded_classes(self) -> int:
         return self.num_shards * self.shard_size
 
+    @property
+    def stored_classes(self) -> int:
+        return self.padded_classes
+
     def build(self, input_shape):
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(int(input_shape[-1]), self.padded_classes * self.sub_centers),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            trainable=True,
-        )
+        super().build(input_shape)
         if self.padded_classes > self.num_classes:
             # zero padding: no L2 term, no gradient, no decay; it stays zero and out of every softmax
             self.kernel.assign(self.kernel * self._real_columns())
