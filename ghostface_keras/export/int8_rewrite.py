@@ -83,16 +83,21 @@ def xnnpack_int8_equivalent(model):
 
     PReLU becomes ``(1 + a) / 2 * x + (1 - a) / 2 * |x|``, the Keras-2 hard sigmoid ``clip(0.2 x + 0.5,
     0, 1)`` becomes ``relu6(1.2 x + 3) / 6`` and valid AveragePooling2D a constant depthwise conv: in
-    exact arithmetic nothing changes (float32 outputs agree to ~1e-6), but the full-integer TFLite graph
-    then stays inside one XNNPACK partition. Every other layer is shared with `model`, not copied.
+    exact arithmetic nothing changes, and in float32 the outputs of trained weights agree to < 1e-5 of their
+    scale (tests/test_export_claims.py), but the full-integer TFLite graph then stays inside one XNNPACK
+    partition. Every other layer is shared with `model`, not copied.
 
     Example:
+        >>> import keras
         >>> from ghostface_keras import GhostFaceNetV1
+        >>> keras.utils.set_random_seed(0)
         >>> model = GhostFaceNetV1(width=0.5)
         >>> twin = xnnpack_int8_equivalent(model)
         >>> x = np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)).astype("float32")
-        >>> want = np.asarray(model(x))      # untrained: the official He initializer makes large outputs
-        >>> bool(np.abs(np.asarray(twin(x)) - want).max() / np.abs(want).max() < 1e-5)
+        >>> a, b = np.asarray(model(x)), np.asarray(twin(x))
+        >>> # untrained, the official He initializer makes ~1e6-sized, ill-conditioned outputs: compare directions
+        >>> cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        >>> bool(np.all(cosine > 1 - 1e-5))
         True
     """
     import keras
