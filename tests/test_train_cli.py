@@ -186,10 +186,14 @@ def test_two_jax_processes_match_one_process_and_only_process_0_writes(faces, tm
     two = json.loads((outputs[0] / "steps.json").read_text())
     assert [(r["epoch"], r["step"]) for r in two] == [(1, 1), (1, 2)] == [(r["epoch"], r["step"]) for r in one]
     # Same global batches, same initial weights: step 1 differs only by the float32 order of the reductions
-    # over 2 devices (ulps); step 2 also carries one update computed that way (measured ~1e-5 relative).
-    # Later steps drift further (ArcFace's arccos gradient near cos = 1 amplifies it), hence 2 steps here.
+    # over 2 devices (ulps; measured equal). Step 2 carries one update whose gradient was summed in that other
+    # order: the untrained He-initialized network (outputs ~1e6) amplifies those ulps (measured 1.8e-4 relative,
+    # 0.24% of the 0.8 the update moved the loss; its forward pass alone amplifies float32 round-off to 1e-6..4e-3,
+    # see xnnpack_int8_equivalent's example). Later steps drift further, hence 2 steps here, and the exact
+    # check of the data-parallel arithmetic is the bit-for-bit one against the one-process 2-device split below.
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-6)
-    assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-4)
+    assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-3)
+    assert abs(two[1]["loss"] - one[1]["loss"]) < 0.02 * abs(one[1]["loss"] - one[0]["loss"]), "not the same update"
     prints = [fingerprint(out) for out, _ in results]
     assert prints[0] == prints[1], "the processes ended with different weights"
     # One process with the batch split over 2 devices does the same arithmetic as 2 processes: bit for bit.
