@@ -68,7 +68,8 @@ def is_large(item) -> bool:
 
 # The longest modules of the large tier (JAX multi-process training, real-size exports, crash tests): run first,
 # so that under pytest-xdist they overlap with the many short tests instead of forming the run's tail.
-LONGEST_FIRST = ("test_train_cli.py", "test_export_claims.py", "test_gallery_server.py", "test_quantization_aware.py")
+LONGEST_FIRST = ("test_train_cli.py", "test_quantization_aware.py", "test_sharded_head.py", "test_export_claims.py",
+                 "test_gallery_server.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -355,11 +355,8 @@ def test_two_processes_of_two_devices_match_the_replicated_head_for_every_loss(t
 
 # ------------------------------------------------------------------------------------------ train.py
 @pytest.mark.slow
-def test_train_cli_shard_classes_resumes_after_sigkill(tmp_path, request):
-    # 2-3 min here (GhostFaceNet compiled twice on 2 cores): CI's large tier (`-m large`, which every test that
-    # starts a process joins) has no room for it; the 2-process test above resumes a sharded Trainer run in CI
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("the slow tier: python -m pytest -m slow tests/test_sharded_head.py")
+def test_train_cli_shard_classes_resumes_after_sigkill(tmp_path):
+    # ~2 min here (GhostFaceNet compiled twice on 2 cores): the slow tier, which CI runs with the large one
     pytest.importorskip("jax")
     from PIL import Image
 
