@@ -303,3 +303,17 @@ def test_training_accuracy_ignores_the_norm_column_of_partial_cosines(tmp_path):
     trainer.head.append_norm = False
     accuracy = trainer._accuracy()
     np.testing.assert_array_equal(np.asarray(accuracy(np.array([1, 3]), partial_cosines_with_norm)), [1.0, 1.0])
+
+
+def test_a_saved_partial_fc_model_loads_with_its_settings_and_weights(tmp_path):
+    inputs = keras.Input((6,))
+    embedding_model = keras.Model(inputs, keras.layers.Dense(4, name="embedding")(inputs))
+    model = PartialFCModel(embedding_model, NormDense(9, name="norm_dense"), sample_rate=0.4, seed=3, sam_rho=0.05)
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    want = np.asarray(model(x))
+    model.save(tmp_path / "partial_fc.keras")
+    loaded = keras.saving.load_model(tmp_path / "partial_fc.keras", compile=False)
+    assert type(loaded) is PartialFCModel
+    assert (loaded.sample_rate, loaded.seed, loaded.sam_rho, loaded.head.num_classes) == (0.4, 3, 0.05, 9)
+    assert loaded.embedding_model is not embedding_model
+    np.testing.assert_allclose(np.asarray(loaded(x)), want, rtol=1e-6)

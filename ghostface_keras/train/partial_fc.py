@@ -35,7 +35,7 @@ import numpy as np
 from keras import ops
 
 from ghostface_keras.train.heads import NormDense
-from ghostface_keras.train.step import ComposedTrainStep
+from ghostface_keras.train.step import ComposedTrainStep, SampledHeadConfig
 
 
 def sampled_class_count(num_classes: int, sample_rate: float) -> int:
@@ -72,7 +72,7 @@ def sample_classes(labels, num_classes: int, num_sampled, seed=None):
 
 
 @keras.saving.register_keras_serializable(package="ghostface_keras")
-class PartialFCModel(ComposedTrainStep, keras.Model):
+class PartialFCModel(SampledHeadConfig, ComposedTrainStep, keras.Model):
     """`head(embedding_model(x))` whose `fit` computes the margin loss on sampled classes only.
 
     Args:
@@ -125,20 +125,3 @@ class PartialFCModel(ComposedTrainStep, keras.Model):
     def step_forward(self, x, classes):
         return self.head(self.embedding_model(x, training=True), class_indices=classes)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            embedding_model=keras.saving.serialize_keras_object(self.embedding_model),
-            head=keras.saving.serialize_keras_object(self.head),
-            sample_rate=self.sample_rate,
-            seed=self.seed,
-            sam_rho=self.sam_rho,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["embedding_model"] = keras.saving.deserialize_keras_object(config["embedding_model"])
-        config["head"] = keras.saving.deserialize_keras_object(config["head"])
-        return cls(**config)

@@ -54,7 +54,7 @@ from ghostface_keras.core.distribution import CLASS_AXIS, to_numpy
 from ghostface_keras.core.errors import GhostFaceError
 from ghostface_keras.train.heads import NormDense, l2_normalize
 from ghostface_keras.train.partial_fc import sampled_class_count
-from ghostface_keras.train.step import ComposedTrainStep
+from ghostface_keras.train.step import ComposedTrainStep, SampledHeadConfig
 
 # the loss clips cosines as the replicated margin losses do (`losses._COSINE_EPSILON`)
 _COSINE_EPSILON = 1e-7
@@ -419,7 +419,7 @@ def prediction_accuracy(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="ghostface_keras")
-class ShardedFaceModel(ComposedTrainStep, keras.Model):
+class ShardedFaceModel(SampledHeadConfig, ComposedTrainStep, keras.Model):
     """`head(embedding_model(x))` trained with class-sharded centers (see the module docstring); JAX only.
 
     Args:
@@ -490,19 +490,6 @@ class ShardedFaceModel(ComposedTrainStep, keras.Model):
             y_pred = ops.argmax(y_pred[:, : self.head.num_classes], axis=1)
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
-    def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(embedding_model=keras.saving.serialize_keras_object(self.embedding_model),
-                      head=keras.saving.serialize_keras_object(self.head), sample_rate=self.sample_rate,
-                      seed=self.seed, sam_rho=self.sam_rho)
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["embedding_model"] = keras.saving.deserialize_keras_object(config["embedding_model"])
-        config["head"] = keras.saving.deserialize_keras_object(config["head"])
-        return cls(**config)
 
 
 __all__ = ["ShardedFaceModel", "ShardedNormDense", "class_mesh", "class_shard_size", "prediction_accuracy",

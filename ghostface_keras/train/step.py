@@ -105,6 +105,25 @@ def sam_perturbation(values: list, gradients: list, rho: float) -> list:
             for value, gradient in zip(values, gradients)]
 
 
+class SampledHeadConfig:
+    """`get_config` / `from_config` of a training model built as ``Model(embedding_model, head, sample_rate,
+    seed, sam_rho)`` (partial FC, the class-sharded head): the two models are saved as nested Keras objects."""
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(embedding_model=keras.saving.serialize_keras_object(self.embedding_model),
+                      head=keras.saving.serialize_keras_object(self.head), sample_rate=self.sample_rate,
+                      seed=self.seed, sam_rho=self.sam_rho)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["embedding_model"] = keras.saving.deserialize_keras_object(config["embedding_model"])
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)
+
+
 class ComposedTrainStep:
     """Mixin (first base, before `keras.Model`) giving a model the composed `train_step` of this module.
 
