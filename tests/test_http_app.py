@@ -357,5 +357,22 @@ def test_shutdown_closes_the_batcher_after_answering_and_later_requests_are_503(
         assert client.post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])}).json()["ok"]
     assert batcher.closed and not batcher._thread.is_alive()
     response = TestClient(app).post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])})
-    assert response.status_code == 503 and "BatcherClosed" in response.json()["error"]
+    assert response.status_code == 503
+    assert response.json() == {"ok": False, "error": "server shutting down: no more requests are taken"}
     assert create_app(embedder, None, batch_window_ms=None).app.state.batcher is None  # batching off: none
+
+
+def test_a_full_model_queue_is_answered_503(batching):
+    embedder, _, paths, _ = batching
+    app = create_app(embedder, None, rate=1e6)
+    batcher = app.app.state.batcher
+    batcher.wait_s = 0.05
+    for _ in range(batcher.max_pending):  # every place in the queue taken, as by requests the model has not reached
+        batcher._places.acquire()
+    response = TestClient(app).post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])})
+    assert response.status_code == 503, response.text
+    assert response.json() == {"ok": False, "error": "server busy: 256 requests already wait for the model; try "
+                               "again later"}
+    batcher._places.release()
+    assert TestClient(app).post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])}).json()["ok"]
+    batcher.close()

@@ -40,6 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ghostface_keras.core.errors import GhostFaceError
+
 logger = logging.getLogger(__name__)
 
 # how long the batcher waits for more requests after the first: a few ms against a model call of tens of ms
@@ -50,15 +52,19 @@ DEFAULT_MAX_PENDING = 256
 # how long a caller waits for a place in a full queue before `BatcherBusy`
 DEFAULT_WAIT_S = 30.0
 
+CLOSED_MESSAGE = "server shutting down: no more requests are taken"
+
 RowFunction = Callable[[np.ndarray], np.ndarray]
 
 
-class BatcherBusy(RuntimeError):
-    """The queue stayed full for `wait_s`: the model cannot keep up; the request may be retried later."""
+class BatcherBusy(GhostFaceError, RuntimeError):
+    """The queue stayed full for `wait_s`: the model cannot keep up; the request may be retried later (the HTTP
+    service answers 503: its message starts with "server busy")."""
 
 
-class BatcherClosed(RuntimeError):
-    """The batcher was closed (the server is shutting down); no more rows are taken."""
+class BatcherClosed(GhostFaceError, RuntimeError):
+    """The batcher was closed (the server is shutting down); no more rows are taken (HTTP 503, "server shutting
+    down")."""
 
 
 @dataclass
@@ -104,7 +110,7 @@ class MicroBatcher:
         >>> batcher(np.zeros((1, 3)))
         Traceback (most recent call last):
         ...
-        ghostface_keras.serve.batching.BatcherClosed: the batcher is closed (shutting down)
+        ghostface_keras.serve.batching.BatcherClosed: server shutting down: no more requests are taken
     """
 
     def __init__(self, function: RowFunction, window_ms: float = DEFAULT_WINDOW_MS, max_batch: int = 32,
@@ -133,7 +139,7 @@ class MicroBatcher:
         if rows.ndim < 1:
             raise ValueError(f"rows must be an array of at least one dimension, got shape {rows.shape}")
         if self._closed:  # before waiting for a place in a queue that nobody will drain
-            raise BatcherClosed("the batcher is closed (shutting down)")
+            raise BatcherClosed(CLOSED_MESSAGE)
         if not self._places.acquire(timeout=self.wait_s):
             raise BatcherBusy(f"server busy: {self.max_pending} requests already wait for the model; "
                               "try again later")
@@ -141,7 +147,7 @@ class MicroBatcher:
         with self._lock:
             if self._closed:
                 self._places.release()
-                raise BatcherClosed("the batcher is closed (shutting down)")
+                raise BatcherClosed(CLOSED_MESSAGE)
             self._queue.put(request)
             self._pending += 1
         return request.result.result()

@@ -24,7 +24,8 @@ Endpoints (JSON answers as in `ghostface_keras.serve.protocol`; `POST` bodies ar
 Limits: a request body over `max_body_bytes` is 413 before it is read whole; more than `rate` requests a second
 from one client address (burst `2 * rate`) is 429; with a `token`, every endpoint but /health and the docs needs
 `Authorization: Bearer <token>` (401 otherwise). A bad request is a 4xx JSON `{"ok": false, "error": "<one line
-naming the problem>"}`; a failure of ours is a 500 of the same shape; the server goes on either way.
+naming the problem>"}`; a failure of ours is a 500 of the same shape, a full model queue or a server shutting down
+a 503; the server goes on either way.
 
 Example:
     >>> app = create_app(None, None, token="s3cret")       # doctest: +SKIP
@@ -47,8 +48,8 @@ EXTRA = "serve"  # pip install "ghostface_keras[serve]"
 DEFAULT_MAX_BODY_BYTES = 20 << 20  # a few multi-megapixel phone photos per request
 DEFAULT_RATE = 50.0  # requests per second per client address
 MAX_UPLOADS = 64
-# answers of a batcher that cannot take the request now: 503, the client may retry (see serve.batching)
-_UNAVAILABLE = ("internal error (BatcherBusy", "internal error (BatcherClosed")
+# answers of a batcher that cannot take the request now (BatcherBusy, BatcherClosed): 503, the client may retry
+_UNAVAILABLE = ("server busy:", "server shutting down:")
 
 
 def import_fastapi() -> Any:
