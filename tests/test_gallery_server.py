@@ -182,6 +182,30 @@ def test_real_uvicorn_server_token_round_trip_hostile_uploads(server):
                                                                                                  "people": 1}
 
 
+def test_real_server_answers_concurrent_requests_through_its_batcher(server):
+    """16 identify uploads at once (the server batches by default): every one answers dave, as one alone does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, root, httpx = server
+    auth = {"Authorization": "Bearer T0k"}
+    png = (root / "3.png").read_bytes()
+    assert httpx.post(base + "/v1/gallery/enroll", headers=auth, data={"name": "dave"},
+                      files=[("images", ("3.png", png, "image/png"))], timeout=60).json()["enrolled"] == 1
+
+    def identify(_: int) -> dict:
+        return httpx.post(base + "/v1/identify/upload", headers=auth, files={"image": ("p.png", png, "image/png")},
+                          timeout=60).json()
+
+    alone = identify(0)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(identify, range(16)))
+    assert alone["ok"] and alone["faces"][0]["matches"][0]["name"] == "dave"
+    for answer in answers:
+        assert answer["ok"] and answer["faces"][0]["matches"][0]["name"] == "dave", answer
+        assert abs(answer["faces"][0]["matches"][0]["similarity"] - alone["faces"][0]["matches"][0]["similarity"]) \
+            < 1e-5
+
+
 def test_real_faces_end_to_end_cli_search_equals_the_in_memory_gallery(released, data_dir, tmp_path):
     """CelebA aligned crops (../shared) with the released GhostFaceNetV1-0.5-2: enroll half of each of 10 people's
     photos through the library, search the other half through `ghostface gallery search`, and compare every CSV

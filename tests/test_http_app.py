@@ -4,8 +4,10 @@ the token is enforced, limits answer 413 / 429. Default tier; the real uvicorn s
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
+import time
 import zlib
 
 import keras
@@ -145,3 +147,232 @@ def test_a_body_longer_than_its_content_length_is_cut_at_the_limit(setup):
     asyncio.run(client.app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert "request body over 2,097,152 bytes" in json.loads(sent[1]["body"])["error"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-request batching (ghostface_keras.serve.batching): concurrent requests through the application
+# --------------------------------------------------------------------------------------------------
+class Counted:
+    """Wraps an embedder's `embed_aligned` (what the batcher calls): records each call's crop count; crops whose
+    first pixel is 255 are refused like a model giving NaN (`DataError`) in any call that holds them."""
+
+    def __init__(self, embedder: FaceEmbedder) -> None:
+        from ghostface_keras.core.errors import DataError
+
+        self.calls: list[int] = []
+        inner = embedder.embed_aligned
+
+        def embed_aligned(crops: np.ndarray) -> np.ndarray:
+            self.calls.append(len(crops))
+            if (np.asarray(crops)[:, 0, 0, 0] == 255).any():
+                raise DataError("model gave NaN embeddings for a poisoned crop")
+            return inner(crops)
+
+        embedder.embed_aligned = embed_aligned
+
+
+@pytest.fixture(scope="module")
+def batching(setup, tmp_path_factory):
+    """A fresh embedder (its `embed_aligned` counted) on the same tiny model, and 8 photos of 4 people."""
+    embedder = FaceEmbedder(setup[0].model, detector=None)
+    counted = Counted(embedder)
+    root = tmp_path_factory.mktemp("batching")
+    faces, _ = render_synthetic_faces(4, 2, seed=11)
+    paths = []
+    for index, face in enumerate(faces):
+        face = face.copy()
+        face[0, 0, 0] = min(int(face[0, 0, 0]), 254)  # no photo is poisoned by chance
+        paths.append(root / f"{index}.png")
+        Image.fromarray(face).save(paths[-1])
+    poisoned = np.array(faces[0])
+    poisoned[0, 0, 0] = 255
+    Image.fromarray(poisoned).save(root / "poisoned.png")
+    return embedder, counted, paths, root / "poisoned.png"
+
+
+def _independent_embedding(model: keras.Model, crop: np.ndarray) -> np.ndarray:
+    """The model on one crop alone and on its mirror, summed, unit length: written out here, not the library's."""
+    pixels = (np.asarray(crop, np.float32)[None] - 127.5) / 128.0
+    raw = np.asarray(model(pixels)) + np.asarray(model(pixels[:, :, ::-1]))
+    return (raw / np.linalg.norm(raw, axis=1, keepdims=True))[0]
+
+
+def _concurrently(client, calls: list[tuple[str, dict]]) -> list:
+    """POST every (path, JSON body) at once from its own thread, all released together by a barrier."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(len(calls))
+
+    def post(call: tuple[str, dict]):
+        barrier.wait(30)
+        return client.post(call[0], json=call[1])
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(post, calls))
+
+
+def test_concurrent_requests_share_model_calls_and_answer_as_each_crop_embedded_alone(batching):
+    embedder, counted, paths, _ = batching
+    model = embedder.model.keras_model
+    client = TestClient(create_app(embedder, None, rate=1e6, batch_window_ms=300))
+    unbatched = TestClient(create_app(embedder, None, rate=1e6, batch_window_ms=None))
+    verifies = [("/v1/verify", {"a": str(paths[index]), "b": str(paths[(index + 3) % 8])}) for index in range(8)]
+    embeds = [("/v1/embed", {"images": [str(paths[index])], "encoding": "base64"}) for index in range(8)]
+    counted.calls.clear()
+    answers = [response.json() for response in _concurrently(client, verifies + embeds)]
+    # 16 requests, 24 crops: fewer calls than requests, and every crop was in exactly one call
+    assert len(counted.calls) < 16 and sum(counted.calls) == 24, counted.calls
+    crops = [np.asarray(Image.open(path)) for path in paths]
+    alone = [_independent_embedding(model, crop) for crop in crops]
+    for index, answer in enumerate(answers[:8]):
+        assert answer["ok"], answer
+        expected = float(alone[index] @ alone[(index + 3) % 8])
+        assert abs(answer["similarity"] - expected) < 1e-5
+        reference = unbatched.post(verifies[index][0], json=verifies[index][1]).json()
+        assert abs(answer["similarity"] - reference["similarity"]) < 1e-5
+        assert {**answer, "similarity": None} == {**reference, "similarity": None}
+    for index, answer in enumerate(answers[8:]):
+        embedding = np.frombuffer(base64.b64decode(answer["faces"][0]["embedding"]), "<f4")
+        np.testing.assert_allclose(embedding, alone[index], atol=1e-5)
+        reference = unbatched.post(embeds[index][0], json=embeds[index][1]).json()
+        assert {**answer, "faces": None} == {**reference, "faces": None}
+        np.testing.assert_allclose(embedding, np.frombuffer(base64.b64decode(reference["faces"][0]["embedding"]),
+                                                            "<f4"), atol=1e-5)
+
+
+def test_an_error_in_one_request_of_a_shared_call_leaves_the_others_answered(batching):
+    embedder, counted, paths, poisoned = batching
+    client = TestClient(create_app(embedder, None, rate=1e6, batch_window_ms=300))
+    calls = [("/v1/verify", {"a": str(paths[index]), "b": str(paths[index + 1])}) for index in range(5)]
+    calls.insert(2, ("/v1/verify", {"a": str(poisoned), "b": str(paths[1])}))
+    counted.calls.clear()
+    responses = _concurrently(client, calls)
+    assert responses[2].status_code == 400
+    assert responses[2].json() == {"ok": False, "error": "model gave NaN embeddings for a poisoned crop"}
+    expected = [embedder.verify(*(call[1][key] for key in ("a", "b")))[0] for call in calls[:2] + calls[3:]]
+    for response, similarity in zip(responses[:2] + responses[3:], expected):
+        assert response.status_code == 200 and abs(response.json()["similarity"] - similarity) < 1e-5
+    assert max(counted.calls) > 2  # some requests did share a call (and the failed one was retried alone)
+    assert client.post(calls[0][0], json=calls[0][1]).json()["ok"]  # the batcher goes on
+
+
+class CountingDetector:
+    """A stand-in detector (the whole image as one face) that records how many threads are inside `detect` at once,
+    and lets a test know when a given photo (by its first pixel) is being detected."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.inside = self.most_inside = 0
+        self.lock = threading.Lock()
+        self.seen: dict[int, threading.Event] = {}
+
+    def detect(self, image: np.ndarray):
+        import threading
+
+        from ghostface_keras.faces.alignment import ARCFACE_TEMPLATE_112, DetectedFace
+
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.seen.setdefault(int(image[0, 0, 1]), threading.Event()).set()
+        time.sleep(0.02)  # long enough for other threads to come in, were they allowed to
+        with self.lock:
+            self.inside -= 1
+        return [DetectedFace(np.array([0, 0, 112, 112], np.float32), ARCFACE_TEMPLATE_112.astype(np.float32), 0.99)]
+
+
+def test_detection_takes_turns_but_overlaps_the_model_calls_of_other_requests(setup, tmp_path):
+    """Detection runs one photo at a time (FaceEmbedder.detect's lock), yet while one request's crops are in the
+    model another request's photo is being detected: no request holds a lock from start to end."""
+    import threading
+
+    detector = CountingDetector()
+    embedder = FaceEmbedder(setup[0].model, detector=detector)
+    inner = embedder.embed_aligned
+    overlapped = threading.Event()
+
+    def embed_aligned(crops: np.ndarray) -> np.ndarray:
+        if (crops[:, 0, 0, 1] == 1).any():  # photo 1's crop is in the model: wait for photo 2's detection
+            overlapped.set() if detector.seen.setdefault(2, threading.Event()).wait(30) else None
+        return inner(crops)
+
+    embedder.embed_aligned = embed_aligned
+    photos = []
+    for index in range(6):
+        pixels = np.full((112, 112, 3), 60 + 10 * index, np.uint8)
+        pixels[:8, :8, 1] = index  # the mark the stand-ins read, where alignment keeps it
+        photos.append(tmp_path / f"{index}.png")
+        Image.fromarray(pixels).save(photos[-1])
+    client = TestClient(create_app(embedder, None, rate=1e6, batch_window_ms=0))
+    first = threading.Thread(target=lambda: client.post("/v1/embed", json={"images": [str(photos[1])]}))
+    first.start()
+    detector.seen.setdefault(1, threading.Event()).wait(30)
+    time.sleep(0.1)  # photo 1 is detected; its crop goes to the model, which waits for photo 2's detection
+    responses = _concurrently(client, [("/v1/embed", {"images": [str(photo)]}) for photo in photos[2:]])
+    first.join(60)
+    assert overlapped.is_set() and all(response.json()["ok"] for response in responses)
+    assert detector.most_inside == 1  # never two threads in the detector
+
+
+def test_warnings_stay_with_the_request_that_caused_them_when_requests_overlap():
+    """Two threads collect the library's warnings at the same time: each gets its own only, and the library
+    logger's propagation is restored once both are done."""
+    import logging
+    import threading
+
+    from ghostface_keras.serve.protocol import _warnings_collected
+
+    library = logging.getLogger("ghostface_keras.faces.embedder")
+    both_in, first_logged = threading.Barrier(2), threading.Event()
+    collected: dict[str, list[str]] = {}
+
+    def answer(name: str) -> None:
+        with _warnings_collected() as warnings:
+            both_in.wait(10)
+            if name == "second":
+                first_logged.wait(10)
+            library.warning("%s: 2 faces found; using the largest", name)
+            first_logged.set()
+            both_in.wait(10)
+        collected[name] = warnings
+
+    threads = [threading.Thread(target=answer, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert collected == {"first": ["first: 2 faces found; using the largest"],
+                         "second": ["second: 2 faces found; using the largest"]}
+    assert logging.getLogger("ghostface_keras").propagate is True
+    assert not any(type(handler).__name__ == "_Collect" for handler in logging.getLogger("ghostface_keras").handlers)
+
+
+def test_shutdown_closes_the_batcher_after_answering_and_later_requests_are_503(batching):
+    embedder, _, paths, _ = batching
+    app = create_app(embedder, None, rate=1e6)
+    with TestClient(app) as client:  # the lifespan: shutdown on leaving
+        batcher = app.app.state.batcher
+        assert client.post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])}).json()["ok"]
+    assert batcher.closed and not batcher._thread.is_alive()
+    response = TestClient(app).post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])})
+    assert response.status_code == 503
+    assert response.json() == {"ok": False, "error": "server shutting down: no more requests are taken"}
+    assert create_app(embedder, None, batch_window_ms=None).app.state.batcher is None  # batching off: none
+
+
+def test_a_full_model_queue_is_answered_503(batching):
+    embedder, _, paths, _ = batching
+    app = create_app(embedder, None, rate=1e6)
+    batcher = app.app.state.batcher
+    batcher.wait_s = 0.05
+    for _ in range(batcher.max_pending):  # every place in the queue taken, as by requests the model has not reached
+        batcher._places.acquire()
+    response = TestClient(app).post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])})
+    assert response.status_code == 503, response.text
+    assert response.json() == {"ok": False, "error": "server busy: 256 requests already wait for the model; try "
+                               "again later"}
+    batcher._places.release()
+    assert TestClient(app).post("/v1/verify", json={"a": str(paths[0]), "b": str(paths[1])}).json()["ok"]
+    batcher.close()

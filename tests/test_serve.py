@@ -423,3 +423,27 @@ def test_released_model_on_real_photos_matches_ghostface_verify(released, data_d
         assert answer["ok"] and answer["same"] is same and (printed.group(3) == "same person") is same
         assert f"{answer['similarity']:.4f}" == printed.group(1) and f"{answer['threshold']:.2f}" == printed.group(2)
         assert answer["face_a"]["count"] == 1 and answer["face_b"]["count"] == 1
+
+
+def test_batching_options_of_serve_http():
+    """--batch-window-ms, --no-batching and --batch-size parse as documented; the spelled-out default batch size
+    is FaceEmbedder's, and a window outside 0-1000 ms is refused."""
+    import argparse
+    import inspect
+    import io
+
+    from ghostface_keras.cli.serve import DEFAULT_BATCH_SIZE, add_serve_arguments
+    from ghostface_keras.serve.batching import DEFAULT_WINDOW_MS
+
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["-m", "m.keras", "--http", "8000"])
+    assert (args.batch_window_ms, args.no_batching, args.batch_size) == (DEFAULT_WINDOW_MS, False, DEFAULT_BATCH_SIZE)
+    assert DEFAULT_BATCH_SIZE == inspect.signature(FaceEmbedder).parameters["batch_size"].default
+    args = parser.parse_args(["-m", "m.keras", "--http", "8000", "--batch-window-ms", "0", "--batch-size", "64"])
+    assert (args.batch_window_ms, args.batch_size) == (0.0, 64)
+    assert parser.parse_args(["-m", "m.keras", "--http", "8000", "--no-batching"]).no_batching is True
+    for bad in ("-1", "nan", "5000", "soon"):
+        errors = io.StringIO()
+        with pytest.raises(SystemExit), contextlib.redirect_stderr(errors):
+            parser.parse_args(["-m", "m.keras", "--batch-window-ms", bad])
+        assert "expected milliseconds from 0 to 1000" in errors.getvalue()

@@ -30,10 +30,14 @@ from collections.abc import Iterator, Sequence
 
 from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
                                  run_reporting_errors)
+from ghostface_keras.serve.batching import DEFAULT_WINDOW_MS
 from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES, gallery_counts
 
 logger = logging.getLogger(__name__)
 
+# FaceEmbedder's default batch size, spelled out so that --help does not import the embedder (tests/test_serve.py
+# checks that they are equal)
+DEFAULT_BATCH_SIZE = 32
 # the detector of photos (the library's default, ghostface_keras.faces.detectors.DEFAULT_DETECTOR: BlazeFace, 0.007 CPU-s
 # per photo against MTCNN's 0.16); spelled out here so that --help does not import the detectors
 DEFAULT_DETECTOR = "blazeface"
@@ -60,6 +64,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--threshold", type=cosine_threshold, help="cosine threshold of verify and identify (default: "
                         "the released checkpoint's, recognized from the weights; else 0.30); a request's own wins")
     parser.add_argument("--no-flip", action="store_true", help="skip the mirrored-crop embedding")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="aligned crops per "
+                        f"model call at most ({DEFAULT_BATCH_SIZE}); with --http also the most crops that concurrent "
+                        "requests share one call with")
     parser.add_argument("--input", default="-", help="read requests from this file or named pipe instead of stdin")
     parser.add_argument("--max-line-bytes", type=positive_int, default=DEFAULT_MAX_LINE_BYTES,
                         help=f"longest request line accepted (default {DEFAULT_MAX_LINE_BYTES}); longer ones are "
@@ -73,7 +80,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                       "TOKEN' (default: $GHOSTFACE_TOKEN; none: no token needed)")
     http.add_argument("--max-body-bytes", type=positive_int, default=20 << 20, help="largest request body (20 MiB)")
     http.add_argument("--rate-limit", type=float, default=50.0, help="requests a second per client address (50)")
+    http.add_argument("--batch-window-ms", type=_window_ms, default=DEFAULT_WINDOW_MS, metavar="MS",
+                      help="embed the crops of requests arriving within MS milliseconds in one model call (default "
+                      f"{DEFAULT_WINDOW_MS:g}; 0: merge only requests already waiting)")
+    http.add_argument("--no-batching", action="store_true", help="each request on the model alone, one at a time "
+                      "(requests hold the one model lock from start to end)")
     return parser
+
+
+def _window_ms(text: str) -> float:
+    """A batching window in milliseconds: a number from 0 to 1000 (a longer wait is a mistake, not a window)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1000.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text}: expected milliseconds from 0 to 1000")
+    return value
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -146,7 +169,7 @@ def run_serve(args: argparse.Namespace) -> int:
         # kept off unless -v or a failure
         with contextlib.nullcontext() if args.verbose else _stderr_captured():
             embedder = FaceEmbedder(args.model, detector=args.detector, flip=not args.no_flip,
-                                    threshold=args.threshold).warm_up()
+                                    threshold=args.threshold, batch_size=args.batch_size).warm_up()
         from ghostface_keras.faces.enroll import is_store, open_gallery
 
         if args.gallery is not None and is_store(args.gallery):  # persistent: searched by its index, kept open
@@ -168,8 +191,11 @@ def run_serve(args: argparse.Namespace) -> int:
             from ghostface_keras.serve.http import serve_http
 
             host, port = args.http
-            print(f"ghostface serve: HTTP on http://{host}:{port} (docs at /docs)", file=sys.stderr, flush=True)
-            serve_http(embedder, gallery, host, port, args.token, args.max_body_bytes, args.rate_limit)
+            window = None if args.no_batching else args.batch_window_ms
+            batching = "no batching" if window is None else f"batching {window:g} ms, up to {args.batch_size} crops"
+            print(f"ghostface serve: HTTP on http://{host}:{port} (docs at /docs; {batching})", file=sys.stderr,
+                  flush=True)
+            serve_http(embedder, gallery, host, port, args.token, args.max_body_bytes, args.rate_limit, window)
             return EXIT_OK
         with contextlib.ExitStack() as stack:
             if args.input == "-" and sys.stdin is None:  # started with stdin closed

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
@@ -195,6 +196,10 @@ class FaceEmbedder:
         self.batch_size = int(batch_size)
         self.threshold = float(threshold) if threshold is not None else self.model.threshold
         self._embed = EmbeddingFunction(self.model, batch_size=self.batch_size, flip=self.flip)
+        # one photo at a time through the detector, whichever thread asks (the HTTP service answers requests on
+        # several): BlazeFace's LiteRT interpreters hold their input and output tensors, and LiteRT says no other
+        # call may be made on an interpreter while `invoke` runs; a detector object of the caller's promises nothing
+        self._detect_lock = threading.Lock()
 
     def warm_up(self) -> FaceEmbedder:
         """Run the whole path once now, so that the first real call is as fast as the rest: trace the embedding
@@ -236,7 +241,9 @@ class FaceEmbedder:
             height, width = rgb.shape[:2]
             box = np.array([0, 0, width, height], np.float32)
             return [DetectedFace(box=box, landmarks=np.full((5, 2), np.nan, np.float32), score=1.0)]
-        return sorted(self.detector.detect(rgb), key=lambda face: -face.area)
+        with self._detect_lock:
+            faces = self.detector.detect(rgb)
+        return sorted(faces, key=lambda face: -face.area)
 
     def align(self, image: ImageInput) -> list[AlignedFace]:
         """Every face of a photo, aligned to the model's input size, largest first."""
@@ -347,10 +354,7 @@ class FaceEmbedder:
             >>> embedder.embed_aligned(np.zeros((2, 112, 112, 3), np.uint8)).shape
             (2, 32)
         """
-        crops = np.asarray(crops)
-        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
-            raise DataError(f"aligned crops have shape {crops.shape}: expected "
-                            f"(N, {self.input_size}, {self.input_size}, 3) uint8 RGB")
+        crops = self.check_crops(crops)
         outputs = [self._embed(crops[start:start + self.batch_size]) for start in range(0, len(crops), self.batch_size)]
         embeddings = np.concatenate(outputs, axis=0) if outputs else np.zeros((0, self.model.embedding_size or 0),
                                                                                np.float32)
@@ -359,6 +363,25 @@ class FaceEmbedder:
             raise DataError(f"model {self.model.name}: gave NaN or infinite embeddings for {int(broken.sum())} of "
                             f"{len(broken)} faces (broken or overflowing weights); refused")
         return l2_normalize(embeddings)
+
+    def check_crops(self, crops: Any) -> np.ndarray:
+        """`crops` as an array of the shape `embed_aligned` takes, (N, size, size, 3), or one `DataError` saying what
+        it got (the HTTP service checks a request's crops with it before they join other requests' in a batch).
+
+        Example:
+            >>> import keras
+            >>> inputs = keras.Input((112, 112, 3))      # an untrained stand-in for a face model
+            >>> model = keras.Model(inputs, keras.layers.Dense(32)(keras.layers.GlobalAveragePooling2D()(inputs)))
+            >>> FaceEmbedder(model, detector=None).check_crops(np.zeros((1, 96, 112, 3), np.uint8))
+            Traceback (most recent call last):
+            ...
+            ghostface_keras.core.errors.DataError: aligned crops have shape (1, 96, 112, 3): expected (N, 112, 112, 3) uint8 RGB
+        """
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
+            raise DataError(f"aligned crops have shape {crops.shape}: expected "
+                            f"(N, {self.input_size}, {self.input_size}, 3) uint8 RGB")
+        return crops
 
     def verify(self, image_a: ImageInput, image_b: ImageInput, threshold: float | None = None,
                face: FaceChoice | tuple[FaceChoice, FaceChoice] = "largest") -> tuple[float, bool]:

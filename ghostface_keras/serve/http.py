@@ -1,5 +1,14 @@
 """`ghostface serve --http HOST:PORT`: the JSON-lines operations over HTTP (FastAPI on uvicorn), plus uploads and
-gallery changes. One process, one model loaded once; model calls are serialized (one model, one lock).
+gallery changes. One process, one model loaded once.
+
+Concurrency: requests run on Starlette's thread pool. With batching (the default, `batch_window_ms`), decoding,
+detection and alignment of concurrent requests run side by side, and their embedding calls go to one
+`ghostface_keras.serve.batching.MicroBatcher`: the crops of the requests arriving within the window share one
+model call (one thread calls the model, so runtimes that allow one caller at a time are safe). The detector
+itself runs one photo at a time (`FaceEmbedder.detect` holds a lock: LiteRT interpreters allow one call at a
+time). Gallery enrolls take turns (the check for photos already in and the write must not interleave). With
+`batch_window_ms=None` each request holds the one model lock from start to end, as before batching. Answers are
+the same either way (to float32 rounding: a row's embedding may differ in its last bits with the batch size).
 
 Endpoints (JSON answers as in `ghostface_keras.serve.protocol`; `POST` bodies are JSON unless "upload"):
 
@@ -15,12 +24,14 @@ Endpoints (JSON answers as in `ghostface_keras.serve.protocol`; `POST` bodies ar
 Limits: a request body over `max_body_bytes` is 413 before it is read whole; more than `rate` requests a second
 from one client address (burst `2 * rate`) is 429; with a `token`, every endpoint but /health and the docs needs
 `Authorization: Bearer <token>` (401 otherwise). A bad request is a 4xx JSON `{"ok": false, "error": "<one line
-naming the problem>"}`; a failure of ours is a 500 of the same shape; the server goes on either way.
+naming the problem>"}`; a failure of ours is a 500 of the same shape, a full model queue or a server shutting down
+a 503; the server goes on either way.
 
 Example:
     >>> app = create_app(None, None, token="s3cret")       # doctest: +SKIP
 """
 
+import contextlib
 import json
 import logging
 import threading
@@ -28,6 +39,7 @@ import time
 from typing import Any, Optional
 
 from ghostface_keras.core.errors import DataError, GhostFaceError
+from ghostface_keras.serve.batching import DEFAULT_WINDOW_MS, batched_embedder, embedding_batcher
 from ghostface_keras.serve.protocol import answer_request, describe_failure
 
 logger = logging.getLogger(__name__)
@@ -36,6 +48,8 @@ EXTRA = "serve"  # pip install "ghostface_keras[serve]"
 DEFAULT_MAX_BODY_BYTES = 20 << 20  # a few multi-megapixel phone photos per request
 DEFAULT_RATE = 50.0  # requests per second per client address
 MAX_UPLOADS = 64
+# answers of a batcher that cannot take the request now (BatcherBusy, BatcherClosed): 503, the client may retry
+_UNAVAILABLE = ("server busy:", "server shutting down:")
 
 
 def import_fastapi() -> Any:
@@ -113,25 +127,52 @@ async def _send_error(send: Any, status: int, message: str) -> None:
 
 
 def create_app(embedder: Any, gallery: Any, token: Optional[str] = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rate: float = DEFAULT_RATE) -> Any:
-    """The ASGI application (FastAPI, wrapped in the limits) answering with `embedder` and `gallery`."""
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rate: float = DEFAULT_RATE,
+               batch_window_ms: Optional[float] = DEFAULT_WINDOW_MS) -> Any:
+    """The ASGI application (FastAPI, wrapped in the limits) answering with `embedder` and `gallery`.
+
+    `batch_window_ms`: how long the embedding batcher gathers concurrent requests' crops for one model call (at
+    most `embedder.batch_size` crops; 0: only those already waiting); None: no batching, each request holds the
+    model lock throughout. The batcher is closed when the application shuts down (its lifespan).
+    """
     fastapi = import_fastapi()
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
+    batcher = None
+    if batch_window_ms is not None and embedder is not None:
+        batcher = embedding_batcher(embedder, batch_window_ms)
+        serving = batched_embedder(embedder, batcher)
+        # the batcher serializes model calls and FaceEmbedder.detect the detector: requests need no lock
+        request_lock: Any = contextlib.nullcontext()
+    else:
+        serving = embedder
+        # one model: requests take turns, each from start to end (TensorFlow runs each call on every core)
+        request_lock = threading.Lock()
+    enroll_lock = threading.Lock()  # an enroll's "already in?" check and its write must not interleave another's
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        yield
+        if batcher is not None:  # queued requests are answered first, then the batcher thread ends
+            await run_in_threadpool(batcher.close)
+
     app = fastapi.FastAPI(title="ghostface", description="Face verification, embedding and identification "
-                          "(GhostFaceNets). The fields of each operation: ghostface_keras/serve/protocol.py.")
-    model_lock = threading.Lock()  # one model: requests take turns (TensorFlow runs each call on every core)
+                          "(GhostFaceNets). The fields of each operation: ghostface_keras/serve/protocol.py.",
+                          lifespan=lifespan)
+    app.state.batcher = batcher
 
     def respond(answer: dict) -> Any:
         if answer.get("ok"):
             return JSONResponse(answer)
-        internal = str(answer.get("error", "")).startswith(("internal error", "out of memory"))
-        return JSONResponse({"ok": False, "error": answer.get("error")}, status_code=500 if internal else 400)
+        error = str(answer.get("error", ""))
+        status = 503 if error.startswith(_UNAVAILABLE) else 500 if error.startswith(("internal error",
+                                                                                     "out of memory")) else 400
+        return JSONResponse({"ok": False, "error": answer.get("error")}, status_code=status)
 
     def run(op: str, fields: dict) -> dict:
-        with model_lock:
-            return answer_request(embedder, gallery, {**fields, "op": op})
+        with request_lock:
+            return answer_request(serving, gallery, {**fields, "op": op})
 
     async def json_body(request: Any) -> dict:
         if not request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
@@ -236,8 +277,8 @@ def create_app(embedder: Any, gallery: Any, token: Optional[str] = None,
             raise _HttpError(400, "enroll needs 'name' (text) and 'images' (files, or an array of paths)")
 
         def work() -> Any:
-            with model_lock:
-                return enroll_photos(target, embedder, images, name=name)
+            with enroll_lock, request_lock:
+                return enroll_photos(target, serving, images, name=name)
 
         report = await run_in_threadpool(work)
         return {"ok": True, "enrolled": report.enrolled, "no_face": report.no_face, "already_in": report.already_in}
@@ -288,9 +329,10 @@ def _decode_upload(name: str, content: bytes) -> Any:
 
 
 def serve_http(embedder: Any, gallery: Any, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rate: float = DEFAULT_RATE) -> None:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rate: float = DEFAULT_RATE,
+               batch_window_ms: Optional[float] = DEFAULT_WINDOW_MS) -> None:
     """Run the service with uvicorn (one worker: the model is loaded once) until interrupted."""
-    app = create_app(embedder, gallery, token, max_body_bytes, rate)
+    app = create_app(embedder, gallery, token, max_body_bytes, rate, batch_window_ms)
     try:
         import uvicorn
     except ImportError:

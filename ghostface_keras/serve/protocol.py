@@ -44,6 +44,7 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from typing import IO, Any, BinaryIO, Callable
 from collections.abc import Iterator
@@ -381,34 +382,55 @@ _OPERATIONS: dict[str, Callable[[Any, Any, dict[str, Any]], dict[str, Any]]] = {
 
 
 class _Collect(logging.Handler):
-    """Keeps the library's warnings of one request for its answer; passes quieter records on to the root logger
-    (so -v still shows them)."""
+    """Keeps the library's warnings of each request being answered, by the thread answering it, for its answer;
+    passes quieter records, and records of threads answering nothing, on to the root logger (so -v still shows
+    them). One handler for all threads: the HTTP service answers requests on several at once, and each answer
+    must hold its own warnings only."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
+        self.by_thread: dict[int, list[str]] = {}
+        self.saved_propagate = True  # the library logger's, while the handler is installed
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.WARNING:
+        messages = self.by_thread.get(record.thread) if record.levelno >= logging.WARNING else None
+        if messages is not None:
             lines = record.getMessage().strip().splitlines()
-            self.messages.append(lines[0] if lines else record.levelname)
+            messages.append(lines[0] if lines else record.levelname)
         else:
             logging.getLogger().handle(record)
+
+
+_collector = _Collect()
+_collecting_lock = threading.Lock()  # guards the handler's installation and its table of threads
 
 
 @contextlib.contextmanager
 def _warnings_collected() -> Iterator[list[str]]:
     """The library's warnings while answering a request go into the answer, not to stderr: the client is who
-    asked ("3 faces found; using the largest ...")."""
-    library = logging.getLogger("ghostface_keras")
-    handler, propagate = _Collect(), library.propagate
-    library.addHandler(handler)
-    library.propagate = False
+    asked ("3 faces found; using the largest ..."). Thread-safe: the handler is installed while any thread
+    collects (the library logger's propagation saved by the first, restored by the last) and files each record
+    under the thread that logged it."""
+    library, thread = logging.getLogger("ghostface_keras"), threading.get_ident()
+    messages: list[str] = []
+    with _collecting_lock:
+        if not _collector.by_thread:
+            _collector.saved_propagate = library.propagate
+            library.addHandler(_collector)
+            library.propagate = False
+        outer = _collector.by_thread.get(thread)  # a nested collection gets the records until it ends
+        _collector.by_thread[thread] = messages
     try:
-        yield handler.messages
+        yield messages
     finally:
-        library.removeHandler(handler)
-        library.propagate = propagate
+        with _collecting_lock:
+            if outer is not None:
+                _collector.by_thread[thread] = outer
+            else:
+                del _collector.by_thread[thread]
+            if not _collector.by_thread:
+                library.removeHandler(_collector)
+                library.propagate = _collector.saved_propagate
 
 
 # --------------------------------------------------------------------------------------------------
