@@ -84,6 +84,28 @@ def test_the_window_gathers_requests_arriving_after_the_first_and_max_batch_boun
     np.testing.assert_array_equal(oversized, _rows(99, count=20)[:, :1])
 
 
+def test_gathering_stops_once_the_expected_requests_are_in_so_a_lone_request_skips_the_window():
+    calls: list[int] = []
+
+    def model(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        return rows[:, :1]
+
+    # a window far past WAIT: a batcher that waited it out would fail these waits instead of answering
+    expected = [1]
+    with MicroBatcher(model, window_ms=1e6, max_batch=64, expected=lambda: expected[0]) as batcher, \
+            ThreadPoolExecutor(3) as pool:
+        np.testing.assert_array_equal(pool.submit(batcher, _rows(0)).result(WAIT), _rows(0)[:, :1])
+        expected[0] = 3  # three requests in progress: the first waits for the other two, then one call for all
+        first = pool.submit(batcher, _rows(1))
+        _wait_until(lambda: batcher.pending == 0 and len(calls) == 1, "the first request taken")
+        rest = [pool.submit(batcher, _rows(request)) for request in (2, 3)]
+        answers = [future.result(WAIT) for future in [first, *rest]]
+    assert calls == [2, 6]
+    for request, answer in zip((1, 2, 3), answers):
+        np.testing.assert_array_equal(answer, _rows(request)[:, :1])
+
+
 def test_an_error_in_a_merged_call_goes_to_its_request_only_and_the_batcher_goes_on():
     model = Gated(fail_on=300.0)  # request 3's first row
     with MicroBatcher(model, window_ms=0) as batcher, ThreadPoolExecutor(6) as pool:

@@ -88,6 +88,9 @@ class MicroBatcher:
         check: validates one request's rows on the caller's thread before queueing (raise to refuse them);
             returns the rows as an array.
         wait_s: how long a caller waits for a place in a full queue.
+        expected: how many callers may hand rows now (the HTTP service: its embedding requests in progress); the
+            batcher stops gathering as soon as its batch holds that many requests, so a lone request is called at
+            once instead of waiting out the window for company that is not coming.
 
     Calling the batcher (`batcher(rows)`) blocks until that request's outputs are ready and returns them, or
     raises the error its rows caused.
@@ -115,11 +118,12 @@ class MicroBatcher:
 
     def __init__(self, function: RowFunction, window_ms: float = DEFAULT_WINDOW_MS, max_batch: int = 32,
                  max_pending: int = DEFAULT_MAX_PENDING, check: Callable[[Any], np.ndarray] | None = None,
-                 wait_s: float = DEFAULT_WAIT_S, name: str = "model batcher") -> None:
+                 wait_s: float = DEFAULT_WAIT_S, name: str = "model batcher",
+                 expected: Callable[[], int] | None = None) -> None:
         if window_ms < 0 or max_batch < 1 or max_pending < 1:
             raise ValueError(f"window_ms must be >= 0, max_batch and max_pending >= 1; got {window_ms}, {max_batch}, "
                              f"{max_pending}")
-        self.function, self.check = function, check
+        self.function, self.check, self.expected = function, check, expected
         self.window_s, self.max_batch, self.max_pending, self.wait_s = window_ms / 1e3, int(max_batch), \
             int(max_pending), float(wait_s)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -195,7 +199,7 @@ class MicroBatcher:
                 return
             batch, rows = [first], len(first.rows)
             deadline = time.monotonic() + self.window_s
-            while rows < self.max_batch:
+            while rows < self.max_batch and (self.expected is None or len(batch) < self.expected()):
                 left = deadline - time.monotonic()
                 try:
                     item = self._take(left > 0, left if left > 0 else None)

@@ -140,8 +140,11 @@ def create_app(embedder: Any, gallery: Any, token: Optional[str] = None,
     from starlette.concurrency import run_in_threadpool
 
     batcher = None
+    # embedding requests being answered: the batcher gathers no more requests than these (a lone one is called at
+    # once, not after the window)
+    in_progress = _InProgress()
     if batch_window_ms is not None and embedder is not None:
-        batcher = embedding_batcher(embedder, batch_window_ms)
+        batcher = embedding_batcher(embedder, batch_window_ms, expected=in_progress.count)
         serving = batched_embedder(embedder, batcher)
         # the batcher serializes model calls and FaceEmbedder.detect the detector: requests need no lock
         request_lock: Any = contextlib.nullcontext()
@@ -171,7 +174,7 @@ def create_app(embedder: Any, gallery: Any, token: Optional[str] = None,
         return JSONResponse({"ok": False, "error": answer.get("error")}, status_code=status)
 
     def run(op: str, fields: dict) -> dict:
-        with request_lock:
+        with request_lock, in_progress.counting(op != "ping"):
             return answer_request(serving, gallery, {**fields, "op": op})
 
     async def json_body(request: Any) -> dict:
@@ -277,7 +280,7 @@ def create_app(embedder: Any, gallery: Any, token: Optional[str] = None,
             raise _HttpError(400, "enroll needs 'name' (text) and 'images' (files, or an array of paths)")
 
         def work() -> Any:
-            with enroll_lock, request_lock:
+            with enroll_lock, request_lock, in_progress.counting():
                 return enroll_photos(target, serving, images, name=name)
 
         report = await run_in_threadpool(work)
@@ -293,6 +296,29 @@ def create_app(embedder: Any, gallery: Any, token: Optional[str] = None,
         raise _HttpError(400, "remove needs exactly one of {\"person\": name} or {\"photo\": id or path}")
 
     return _Limits(app, max_body_bytes, rate, token)
+
+
+class _InProgress:
+    """How many requests that embed are being answered right now (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._count, self._lock = 0, threading.Lock()
+
+    def count(self) -> int:
+        return self._count
+
+    @contextlib.contextmanager
+    def counting(self, counts: bool = True) -> Any:
+        if not counts:
+            yield
+            return
+        with self._lock:
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
 
 
 class _HttpError(Exception):
