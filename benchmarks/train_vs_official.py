@@ -8,7 +8,7 @@
 
 PATH is a checkout of https://github.com/HamadYA/GhostFaceNets (not part of this project); PY an interpreter
 with tensorflow 2.15.1 (Keras 2) and the official code's imports (the default, ~/.cache/ghostface_tf215, is
-the venv `../shared/acceptance/train_step_vs_official.sh` makes; add `keras-cv-attention-models==1.3.20 glob2
+the venv `../shared/acceptance/train_step_vs_official.sh` makes; add, in one pip command that keeps `"tensorflow==2.15.1" "keras==2.15.0" "numpy<2"` pinned (unpinned, pip upgrades TensorFlow to 2.2x), `keras-cv-attention-models==1.3.20 glob2
 pandas scikit-image scikit-learn tqdm` to it).
 
 For each seed, both trainings run one after the other, the order alternating between seeds so that a change
