@@ -199,6 +199,22 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+def number_in(text: str, low: float, high: float, refusal: str) -> float:
+    """`text` as a number in [low, high], or `ArgumentTypeError(refusal)` (not a number, nan, out of range).
+
+    Example:
+        >>> number_in("2.5", 0, 10, "expected 0 to 10")
+        2.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan
+        raise argparse.ArgumentTypeError(refusal)
+    return value
+
+
 def cosine_threshold(text: str) -> float:
     """A cosine threshold: a finite number in [-1, 1] (nan refused too).
 
@@ -206,10 +222,4 @@ def cosine_threshold(text: str) -> float:
         >>> cosine_threshold("0.21")
         0.21
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not -1.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is not a cosine threshold in [-1, 1]")
-    return value
+    return number_in(text, -1.0, 1.0, f"{text} is not a cosine threshold in [-1, 1]")

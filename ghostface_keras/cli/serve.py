@@ -28,8 +28,8 @@ import time
 from typing import IO, Any
 from collections.abc import Iterator, Sequence
 
-from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, positive_int,
-                                 run_reporting_errors)
+from ghostface_keras.cli import (EXIT_OK, check_gallery_argument, cosine_threshold, import_backend_quietly, number_in,
+                                 positive_int, run_reporting_errors)
 from ghostface_keras.serve.batching import DEFAULT_WINDOW_MS
 from ghostface_keras.serve.protocol import DEFAULT_MAX_LINE_BYTES, gallery_counts
 
@@ -90,13 +90,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def _window_ms(text: str) -> float:
     """A batching window in milliseconds: a number from 0 to 1000 (a longer wait is a mistake, not a window)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1000.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text}: expected milliseconds from 0 to 1000")
-    return value
+    return number_in(text, 0.0, 1000.0, f"{text}: expected milliseconds from 0 to 1000")
 
 
 def _host_port(text: str) -> tuple[str, int]:
