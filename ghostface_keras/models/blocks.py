@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from ghostface_keras.models.batch_norm import BatchNormalization
+
 ActivationSpec = Union[str, Callable, None]
 
 
@@ -294,7 +296,7 @@ def depthwise_conv(x, kernel_size, settings: LayerSettings, name: str, strides=1
 
 def batch_norm(x, settings: LayerSettings, name: str, scale: bool = True):
     """BatchNormalization with the settings' momentum and epsilon (official: 0.9 / 1e-5)."""
-    return layers.BatchNormalization(
+    return BatchNormalization(
         momentum=settings.bn_momentum, epsilon=settings.bn_epsilon, scale=scale, name=name
     )(x)
 
