@@ -87,7 +87,8 @@ def __dir__() -> list[str]:
 # imported as soon as Keras itself is: a plain `keras.saving.load_model("model.keras")` after
 # `import ghostface_keras` works, and `import ghostface_keras` alone still imports no Keras (fast `--help`).
 _SERIALIZABLE_MODULES = ("ghostface_keras.models.blocks", "ghostface_keras.models.batch_norm",
-                         "ghostface_keras.train.heads", "ghostface_keras.train.losses", "ghostface_keras.train.schedules", "ghostface_keras.train.optimizers",
+                         "ghostface_keras.train.heads", "ghostface_keras.train.losses",
+                         "ghostface_keras.train.schedules", "ghostface_keras.train.optimizers",
                          "ghostface_keras.train.partial_fc", "ghostface_keras.train.sharded",
                          "ghostface_keras.export.quantization_aware")
 

@@ -33,6 +33,8 @@ def test_training_call_equals_keras_and_numpy_outputs_statistics_and_gradients(s
     for layer in (ours, theirs):
         layer.set_weights(weights)
 
+    rng_out = np.random.default_rng(2).normal(size=shape).astype("float32")  # the loss's weights per output
+
     def run(layer):
         tensor = tf.constant(x)
         with tf.GradientTape() as tape:
@@ -42,7 +44,6 @@ def test_training_call_equals_keras_and_numpy_outputs_statistics_and_gradients(s
         grads = tape.gradient(loss, [tensor] + layer.trainable_variables)
         return outputs.numpy(), [g.numpy() for g in grads], [w.copy() for w in layer.get_weights()]
 
-    rng_out = np.random.default_rng(2).normal(size=shape).astype("float32")
     ours_out, ours_grads, ours_after = run(ours)
     theirs_out, theirs_grads, theirs_after = run(theirs)
 

@@ -1,4 +1,4 @@
-"""TensorFlow's fused training kernels, for the layers that use them on the TensorFlow backend.
+"""TensorFlow's fused training kernels, for the layer and the optimizer that use them on the TensorFlow backend.
 
 Kept out of `models/` so that the model code itself stays backend-free (`models.batch_norm` imports this only
 when Keras runs on TensorFlow).
@@ -35,9 +35,8 @@ def batch_norm_training(inputs, gamma, beta, epsilon: float):
         ([10.5, 11.5, 12.5], True)
     """
     x = tf.cast(inputs, "float32")
-    shape, channels = tf.shape(x), x.shape[-1]
-    flat = len(x.shape) == 2
-    if flat:
+    channels, flat = x.shape[-1], len(x.shape) == 2
+    if flat:  # (batch, channels) as (batch, 1, 1, channels)
         x = tf.reshape(x, [-1, 1, 1, channels])
     gamma = tf.ones([channels]) if gamma is None else tf.cast(gamma, "float32")
     beta = tf.zeros([channels]) if beta is None else tf.cast(beta, "float32")
@@ -50,4 +49,20 @@ def batch_norm_training(inputs, gamma, beta, epsilon: float):
     else:
         count = tf.cast(tf.size(x) // channels, "float32")
         variance = corrected * tf.maximum(count - 1.0, 1.0) / count
-    return (tf.reshape(outputs, shape) if flat else outputs), mean, variance
+    return (tf.reshape(outputs, [-1, channels]) if flat else outputs), mean, variance
+
+
+def keras_momentum_update(variable, accumulator, learning_rate, gradient, momentum: float, nesterov: bool) -> None:
+    """`accumulator <- momentum * accumulator - lr * gradient; variable <- variable + accumulator` (Nesterov:
+    `+ momentum * accumulator - lr * gradient`) in one `ResourceApplyKerasMomentum` kernel, on `tf.Variable`s.
+
+    Example:
+        >>> variable, accumulator = tf.Variable([1.0]), tf.Variable([0.0])
+        >>> keras_momentum_update(variable, accumulator, 0.1, tf.constant([1.0]), 0.9, False)
+        >>> round(float(variable[0]), 6), round(float(accumulator[0]), 6)
+        (0.9, -0.1)
+    """
+    dtype = variable.dtype
+    tf.raw_ops.ResourceApplyKerasMomentum(
+        var=variable.handle, accum=accumulator.handle, lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+        momentum=tf.cast(momentum, dtype), use_locking=False, use_nesterov=bool(nesterov))

@@ -65,14 +65,13 @@ class FusedSGD(keras.optimizers.SGD):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
 
+        from ghostface_keras.core.tensorflow_kernels import keras_momentum_update
+
         if isinstance(gradient, tf.IndexedSlices) or not hasattr(variable, "handle"):
             return super().update_step(gradient, variable, learning_rate)
-        momentum = self.momentums[self._get_variable_index(variable)]
-        dtype = variable.dtype
-        tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=getattr(momentum, "value", momentum).handle,
-            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype), momentum=tf.cast(self.momentum, dtype),
-            use_locking=False, use_nesterov=bool(self.nesterov))
+        accumulator = self.momentums[self._get_variable_index(variable)]
+        keras_momentum_update(variable, getattr(accumulator, "value", accumulator), learning_rate, gradient,
+                              self.momentum, self.nesterov)
 
 
 # The layers whose kernels the official recipe regularizes (`add_l2_regularizer_2_model`): conv, depthwise and
